@@ -1,0 +1,5 @@
+import sys
+
+from peftclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,20 @@
+"""Adapters: one module per method, a registry, composition rules."""
+
+from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.registry import (
+    adapter_class_path,
+    get_adapter_class,
+    list_adapters,
+    register_adapter,
+)
+
+__all__ = [
+    "Adapter",
+    "Prompts",
+    "TextInput",
+    "adapter_class_path",
+    "check_composition",
+    "get_adapter_class",
+    "list_adapters",
+    "register_adapter",
+]

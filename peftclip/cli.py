@@ -1,0 +1,72 @@
+"""The ``peftclip`` command: Lightning subcommands plus peftclip's own."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from peftclip.errors import PeftClipError
+
+OVERVIEW = """\
+peftclip — parameter-efficient fine-tuning of a frozen CLIP.
+
+usage:
+  peftclip fit      --config RECIPE.yaml [--key value ...]   train adapters
+  peftclip validate --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the val split
+  peftclip test     --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the test split
+  peftclip list     adapters|datasets|models                 what can be named in a recipe
+  peftclip SUBCOMMAND --help                                 every option of a subcommand
+  peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
+
+examples:
+  peftclip test --config recipes/zeroshot/tiny_random.yaml
+  peftclip test --config recipes/zeroshot/imagenet.yaml --data.root /data/imagenet_folder \\
+      --model.backbone.pretrained /weights/ViT-B-16.pt
+
+Recipes are YAML files (see recipes/); any key can be overridden on the command line.
+"""
+
+
+def _list(kind: str | None) -> int:
+    if kind == "adapters":
+        from peftclip.adapters import list_adapters
+
+        print("\n".join(list_adapters()) or "(no adapters registered yet)")
+    elif kind == "datasets":
+        from peftclip.data import list_datasets
+
+        print("\n".join(list_datasets()))
+    elif kind == "models":
+        import open_clip
+
+        import peftclip.backbone  # noqa: F401  (registers peftclip's model configs)
+
+        print("\n".join(open_clip.list_models()))
+    else:
+        print("usage: peftclip list adapters|datasets|models", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if from_command_line else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(OVERVIEW)
+        return 0
+    try:
+        if argv[0] == "list":
+            return _list(argv[1] if len(argv) > 1 else None)
+        from peftclip.lightning.cli import PeftClipCLI
+
+        PeftClipCLI(args=None if from_command_line else argv)
+    except PeftClipError as error:
+        if os.environ.get("PEFTCLIP_TRACEBACK"):
+            raise
+        print(f"peftclip: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

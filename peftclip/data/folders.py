@@ -1,0 +1,138 @@
+"""Bring-your-own data: a folder per class, or CSV files of ``path,label``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from peftclip.data.images import LabeledImageFiles
+from peftclip.data.registry import SPLITS, ClassificationData, register_dataset
+from peftclip.errors import PeftClipError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _existing_root(root: str | None, what: str) -> Path:
+    if not root:
+        raise PeftClipError(f"dataset '{what}' needs a root: set data.root in the recipe.")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise PeftClipError(f"dataset root '{path}' does not exist. Set data.root to {what}.")
+    return path
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file()
+        and not path.name.startswith(".")
+        and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(
+        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
+    )
+
+
+def build_image_folder(
+    root: str | None = None, template: str = "a photo of a {}."
+) -> ClassificationData:
+    """``root/<split>/<class>/<image>`` for splits train/val/test (any subset), or
+    ``root/<class>/<image>`` (then everything is the ``test`` split, e.g. for zero-shot).
+
+    Class names are the folder names (sorted; label = index). A class folder without images
+    is an error: a run never silently drops a class.
+    """
+    path = _existing_root(root, "a folder with one sub-folder of images per class")
+    split_dirs = {split: path / split for split in SPLITS if (path / split).is_dir()}
+    if not split_dirs:
+        split_dirs = {"test": path}
+    per_split = {split: _class_folders(folder) for split, folder in split_dirs.items()}
+    classnames = sorted({folder.name for folders in per_split.values() for folder in folders})
+    if not classnames:
+        raise PeftClipError(
+            f"dataset root '{path}' has no class folders. Expected '{path}/<class>/<image>' or "
+            f"'{path}/<train|val|test>/<class>/<image>'."
+        )
+    label_of = {name: label for label, name in enumerate(classnames)}
+    splits = {}
+    for split, folders in per_split.items():
+        samples, empty = [], []
+        for folder in folders:
+            files = _image_files(folder)
+            empty += [] if files else [str(folder)]
+            samples += [(file, label_of[folder.name]) for file in files]
+        if empty:
+            raise PeftClipError(
+                f"{len(empty)} class folder(s) of split '{split}' contain no images "
+                f"({', '.join(IMAGE_SUFFIXES)}): {', '.join(empty[:5])}. Add images or remove "
+                "the folders; classes are never dropped silently."
+            )
+        splits[split] = LabeledImageFiles(samples)
+    return ClassificationData("image_folder", classnames, splits, [template])
+
+
+def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> ClassificationData:
+    """CSV files with a ``path,label`` header: ``root/{train,val,test}.csv`` (any subset) or a
+    single CSV file (then it is the ``test`` split).
+
+    ``label`` is a class name. Class order is ``classnames.txt`` next to the CSVs (one name per
+    line) when present, else the sorted set of labels. Relative paths are relative to the CSV.
+    """
+    path = _existing_root(root, "a CSV file or a folder of train/val/test.csv")
+    files = (
+        {"test": path}
+        if path.is_file()
+        else {split: path / f"{split}.csv" for split in SPLITS if (path / f"{split}.csv").is_file()}
+    )
+    if not files:
+        raise PeftClipError(f"no train.csv, val.csv or test.csv in '{path}'.")
+    rows = {split: _read_csv(file) for split, file in files.items()}
+    names_file = (path.parent if path.is_file() else path) / "classnames.txt"
+    if names_file.is_file():
+        classnames = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+    else:
+        classnames = sorted({label for split_rows in rows.values() for _, label, _ in split_rows})
+    label_of = {name: label for label, name in enumerate(classnames)}
+    splits = {}
+    for split, split_rows in rows.items():
+        unknown = [
+            f"line {line}: '{label}'" for _, label, line in split_rows if label not in label_of
+        ]
+        missing = [f"line {line}: {file}" for file, _, line in split_rows if not file.is_file()]
+        for problem, items in (
+            ("labels not in classnames.txt", unknown),
+            ("missing files", missing),
+        ):
+            if items:
+                raise PeftClipError(
+                    f"{files[split]} has {len(items)} {problem} ({'; '.join(items[:5])}). Fix "
+                    "the rows or the files; relative paths are relative to the CSV's folder."
+                )
+        splits[split] = LabeledImageFiles(
+            [(file, label_of[label]) for file, label, _ in split_rows]
+        )
+    return ClassificationData("csv", classnames, splits, [template])
+
+
+def _read_csv(file: Path) -> list[tuple[Path, str, int]]:
+    with file.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise PeftClipError(
+                f"{file} must start with a 'path,label' header; found {reader.fieldnames}."
+            )
+        rows = [
+            ((file.parent / row["path"]).expanduser(), row["label"].strip(), line)
+            for line, row in enumerate(reader, start=2)
+        ]
+    if not rows:
+        raise PeftClipError(f"{file} has a header but no rows.")
+    return rows
+
+
+register_dataset("image_folder", build_image_folder)
+register_dataset("csv", build_csv)

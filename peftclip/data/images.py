@@ -1,0 +1,61 @@
+"""Torch datasets of labelled images (files on disk, or images generated in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from peftclip.errors import PeftClipError
+
+
+class LabeledImageFiles(Dataset):
+    """``(image, label)`` pairs read from files; ``transform`` is set by the DataModule.
+
+    Every image is converted to RGB (grayscale, CMYK, palette files all load). An unreadable
+    file is reported by path, not by a PIL traceback.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise PeftClipError(
+                f"cannot read image '{path}' ({error}). Replace or delete the file, or run "
+                "`peftclip data check` on the data root to list every unreadable file."
+            ) from error
+        if self.transform is None:
+            raise PeftClipError("no image transform set: call PeftClipDataModule.set_transforms()")
+        return self.transform(image), label
+
+
+class LabeledImageTensors(Dataset):
+    """``(image, label)`` pairs from a ``uint8`` tensor ``(n, H, W, 3)`` held in memory."""
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None
+    ):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.fromarray(self.images[index].numpy())
+        if self.transform is None:
+            raise PeftClipError("no image transform set: call PeftClipDataModule.set_transforms()")
+        return self.transform(image), int(self.labels[index])

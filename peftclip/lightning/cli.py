@@ -1,0 +1,63 @@
+"""``PeftClipCLI``: LightningCLI over PeftClipModule + PeftClipDataModule, adapter short names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jsonargparse import get_loader, set_loader
+from lightning.pytorch.cli import LightningCLI
+
+from peftclip.adapters import adapter_class_path, list_adapters
+from peftclip.lightning.datamodule import PeftClipDataModule
+from peftclip.lightning.module import PeftClipModule
+
+PARSER_MODE = "peftclip"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
+    """Rewrites registered adapter short names into the ``class_path`` LightningCLI needs.
+
+    Accepts ``adapters: [coop]``, ``adapters: [{class_path: coop, init_args: {...}}]`` and, on
+    the command line, ``--model.adapters+=coop``.
+    """
+    names = set(list_adapters())
+    if isinstance(value, dict):
+        resolved = {k: resolve_adapter_names(v, k) for k, v in value.items()}
+        if isinstance(resolved.get("class_path"), str) and resolved["class_path"] in names:
+            resolved["class_path"] = adapter_class_path(resolved["class_path"])
+        return resolved
+    if isinstance(value, list):
+        return [
+            {"class_path": adapter_class_path(item)}
+            if key == "adapters" and isinstance(item, str) and item in names
+            else resolve_adapter_names(item)
+            for item in value
+        ]
+    if key is None and isinstance(value, str) and value in names:
+        return {"class_path": adapter_class_path(value)}
+    return value
+
+
+def _load(text: str) -> Any:
+    return resolve_adapter_names(get_loader("yaml")(text))
+
+
+class PeftClipCLI(LightningCLI):
+    """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
+
+    def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
+        parser_kwargs = {"parser_mode": PARSER_MODE}
+        parser_kwargs.update({name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS})
+        super().__init__(
+            PeftClipModule,
+            PeftClipDataModule,
+            args=args,
+            run=run,
+            parser_kwargs=parser_kwargs,
+            save_config_kwargs={"overwrite": True},
+            # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd.
+            trainer_defaults={"default_root_dir": "runs"},
+            **kwargs,
+        )

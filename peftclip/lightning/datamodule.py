@@ -1,0 +1,95 @@
+"""``PeftClipDataModule``: a registered dataset → train/val/test dataloaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from peftclip.data import ClassificationData, build_dataset
+from peftclip.errors import PeftClipError
+
+_STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+class PeftClipDataModule(L.LightningDataModule):
+    """Serves one registered dataset.
+
+    Images are transformed with the backbone's own open_clip preprocessing, handed over by
+    ``PeftClipModule`` at set-up (train transform for ``train``, eval transform otherwise).
+
+    Args:
+        dataset: Registry name (``image_folder``, ``csv``, ``solid_colors``, ...).
+        root: Data root of the dataset.
+        options: Extra keyword arguments of the dataset's builder.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test batch size (default: ``batch_size``).
+        num_workers: Dataloader worker processes.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "solid_colors",
+        root: str | None = None,
+        options: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.root = root
+        self.options = options or {}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._data: ClassificationData | None = None
+
+    @property
+    def data(self) -> ClassificationData:
+        if self._data is None:
+            self._data = build_dataset(self.dataset_name, self.root, **self.options)
+        return self._data
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.data.classnames
+
+    @property
+    def templates(self) -> list[str]:
+        return self.data.templates
+
+    def setup(self, stage: str) -> None:
+        for split in _STAGE_SPLITS.get(stage, ()):
+            if split not in self.data.splits or len(self.data.splits[split]) == 0:
+                found = ", ".join(f"{s} ({len(d)})" for s, d in self.data.splits.items()) or "none"
+                raise PeftClipError(
+                    f"`{stage}` needs the '{split}' split of dataset '{self.dataset_name}' "
+                    f"(root {self.root}), which is missing or empty; splits found: {found}."
+                )
+
+    def set_transforms(self, train: Callable, evaluation: Callable) -> None:
+        for split, dataset in self.data.splits.items():
+            dataset.transform = train if split == "train" else evaluation
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.data.splits[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", shuffle=False) if "val" in self.data.splits else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

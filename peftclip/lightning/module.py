@@ -1,0 +1,242 @@
+"""``PeftClipModule``: the one LightningModule every method trains and evaluates through."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from peftclip.adapters import Adapter
+from peftclip.backbone import BackboneSpec, TextFeatureCache, load_backbone, resolve_templates
+from peftclip.classifier import PeftClipClassifier
+from peftclip.errors import PeftClipError
+
+CHECKPOINT_FORMAT = "peftclip-adapters/1"
+
+
+class PeftClipModule(L.LightningModule):
+    """A frozen CLIP with a set of adapters, trained and evaluated on one class set.
+
+    With no adapters it is zero-shot CLIP (use ``peftclip test``).
+
+    Args:
+        backbone: Which frozen CLIP to load (model name, weights, ...).
+        adapters: Methods to compose, by registered name (``coop``) or ``class_path``.
+        templates: Prompt templates for hand-crafted class prompts: a named set
+            (``imagenet80``, ``imagenet_select``, ``coop:<dataset>``), one template or a list.
+            Default: the dataset's own template(s).
+        optimizer: Optimizer over the trainable (adapter) parameters.
+        scheduler: Learning-rate scheduler; stepped per ``scheduler_interval``.
+        scheduler_interval: ``step`` (after every optimizer step) or ``epoch``.
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        text_chunk_size: Prompts per text-encoder call when building frozen class features.
+        text_cache_dir: Directory for cached frozen text features (none: memory only).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec | None = None,
+        adapters: list[Adapter] | None = None,
+        templates: str | list[str] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        label_smoothing: float = 0.0,
+        text_chunk_size: int = 256,
+        text_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        # The backbone is recorded by identity (weights hash) in every checkpoint instead: as an
+        # hparam, LightningCLI would force the training machine's weights path on `--ckpt_path`.
+        self.save_hyperparameters(
+            ignore=["backbone", "adapters", "optimizer", "scheduler", "text_cache_dir"]
+        )
+        spec = backbone or BackboneSpec()
+        frozen = load_backbone(
+            spec.model_name, spec.pretrained, spec.force_quick_gelu, spec.init_seed
+        )
+        self.classifier = PeftClipClassifier(
+            frozen,
+            adapters or [],
+            templates=templates or "a photo of a {}.",
+            text_chunk_size=text_chunk_size,
+            text_cache=TextFeatureCache(text_cache_dir),
+        )
+        self.user_templates = templates
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.label_smoothing = label_smoothing
+        self.classnames: list[str] = []
+        self.metrics = torch.nn.ModuleDict()
+
+    @property
+    def backbone(self):
+        return self.classifier.backbone
+
+    @property
+    def adapters(self) -> torch.nn.ModuleList:
+        return self.classifier.adapters
+
+    # ----------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is None:
+            raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
+        self.use_class_set(datamodule.classnames, self.user_templates or datamodule.templates)
+        datamodule.set_transforms(self.backbone.preprocess_train, self.backbone.preprocess_eval)
+
+    def use_class_set(self, classnames: list[str], templates: str | list[str]) -> None:
+        """Points the classification head at ``classnames`` (metrics are rebuilt to match)."""
+        self.classnames = list(classnames)
+        self.classifier.templates = resolve_templates(templates)
+        self.classifier.forget_text_features()
+        num_classes = len(self.classnames)
+        self.metrics = torch.nn.ModuleDict(
+            {
+                f"{stage}_metrics": MetricCollection(
+                    {
+                        # Papers report micro (per-sample) top-1; torchmetrics defaults to macro.
+                        "top1": MulticlassAccuracy(num_classes, average="micro"),
+                        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+                    }
+                )
+                # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
+                for stage in ("train", "val", "test")
+            }
+        ).to(self.device)
+
+    # ------------------------------------------------------------------------------- steps
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.classifier(images, self.classnames)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        images, labels = batch
+        outputs = self(images)
+        logits = outputs["logits"].float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        for adapter in self.adapters:
+            extra = adapter.extra_loss(outputs)
+            if extra is not None:
+                loss = loss + extra
+        self.metrics[f"{stage}_metrics"].update(logits, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise PeftClipError(
+                f"training loss became {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch}). Lower the learning rate or use --trainer.precision "
+                "32-true / bf16-mixed; no checkpoint is written from a non-finite state."
+            )
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self.metrics[f"{stage}_metrics"].compute()
+        # Percentages, as in the papers' tables.
+        self.log_dict({f"{stage}/{name}": 100 * value for name, value in values.items()})
+        self.metrics[f"{stage}_metrics"].reset()
+
+    def on_train_epoch_start(self) -> None:
+        self.classifier.forget_text_features()
+
+    def on_validation_epoch_start(self) -> None:
+        self.classifier.forget_text_features()
+
+    def on_test_epoch_start(self) -> None:
+        self.classifier.forget_text_features()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # -------------------------------------------------------------------------- optimizers
+    def configure_optimizers(self):
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        if not parameters:
+            raise PeftClipError(
+                "nothing to train: the backbone is frozen and no adapter has trainable "
+                "parameters. Add adapters to the recipe, or evaluate zero-shot with"
+                " `peftclip test`."
+            )
+        optimizer = self.optimizer_factory(parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for adapter in self.adapters:
+            adapter.after_optimizer_step(self.global_step)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter parameters and persistent buffers only (never the frozen CLIP)."""
+        return {
+            key: value
+            for key, value in self.state_dict().items()
+            if key.startswith("classifier.adapters.")
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.adapter_state_dict()
+        checkpoint["peftclip"] = {
+            "format": CHECKPOINT_FORMAT,
+            "backbone": self.backbone.identity.to_dict(),
+            "adapters": [adapter.name or type(adapter).__name__ for adapter in self.adapters],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("peftclip", {}).get("backbone")
+        if saved is None:
+            raise PeftClipError(
+                "this checkpoint was not written by peftclip (no 'peftclip' section); expected an "
+                "adapter checkpoint from `peftclip fit`."
+            )
+        current = self.backbone.identity.to_dict()
+        if (
+            saved["model_name"] != current["model_name"]
+            or saved["weights_sha256"] != current["weights_sha256"]
+        ):
+            raise PeftClipError(
+                f"checkpoint adapters were trained on backbone {saved['model_name']} "
+                f"(weights {saved['pretrained']}, sha256 {saved['weights_sha256'][:12]}…) but this "
+                f"run loads {current['model_name']} (weights {current['pretrained']}, sha256 "
+                f"{current['weights_sha256'][:12]}…). Set model.backbone to the checkpoint's"
+                " backbone."
+            )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Loads adapter tensors; the frozen CLIP comes from ``backbone``, never from the file."""
+        expected = self.adapter_state_dict()
+        unexpected = [key for key in state_dict if key not in expected]
+        missing = [key for key in expected if key not in state_dict]
+        if strict and (unexpected or missing):
+            raise PeftClipError(
+                f"checkpoint does not match this recipe's adapters: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}. Use the same adapters (and settings) as at training."
+            )
+        adapter_state = {key: value for key, value in state_dict.items() if key in expected}
+        return super().load_state_dict(adapter_state, strict=False, assign=assign)
