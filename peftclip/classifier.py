@@ -78,7 +78,11 @@ class PeftClipClassifier(nn.Module):
         """
         classnames = tuple(classnames)
         cacheable = not self.training and not self.image_conditioned
+        device = self.backbone.model.logit_scale.device
         if cacheable and self._eval_head is not None and self._eval_head[0] == classnames:
+            # The head is a plain tensor: after the module moves (Lightning's teardown puts it
+            # back on the CPU) it follows lazily.
+            self._eval_head = (classnames, self._eval_head[1].to(device))
             return self._eval_head[1]
         prompts = prompts if prompts is not None else self.prompts()
         owner = self._owner("text_input")

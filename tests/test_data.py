@@ -90,3 +90,17 @@ def test_solid_colors_is_deterministic():
     second = build_dataset("solid_colors", images_per_class=2).splits["test"]
     assert torch.equal(first.images, second.images)
     assert len(first) == 16
+
+
+def test_unreadable_folder_fails_clearly(tmp_path, monkeypatch):
+    _image(tmp_path / "dog" / "0.jpg")
+    original = type(tmp_path).iterdir
+
+    def denied(self):
+        if self.name == "dog":
+            raise PermissionError(13, "Permission denied")
+        return original(self)
+
+    monkeypatch.setattr(type(tmp_path), "iterdir", denied)
+    with pytest.raises(PeftClipError, match=r"cannot list '.*dog' \(Permission denied\)"):
+        build_dataset("image_folder", str(tmp_path))

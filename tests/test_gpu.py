@@ -32,5 +32,6 @@ def test_split_backbone_equals_open_clip_on_cuda():
 def test_training_step_on_cuda(tmp_path, precision):
     cli = _fit(tmp_path, "--trainer.precision", precision, "--trainer.accelerator", "gpu")
     trainable = [p for p in cli.model.parameters() if p.requires_grad]
-    assert all(p.dtype == torch.float32 and p.is_cuda for p in trainable)
+    assert cli.trainer.strategy.root_device.type == "cuda"
+    assert all(p.dtype == torch.float32 for p in trainable)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -21,10 +21,20 @@ def _existing_root(root: str | None, what: str) -> Path:
     return path
 
 
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as error:
+        raise PeftClipError(
+            f"cannot list '{folder}' ({error.strerror}). Check that the folder exists and is "
+            "readable by this user."
+        ) from error
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
         path
-        for path in folder.iterdir()
+        for path in _listing(folder)
         if path.is_file()
         and not path.name.startswith(".")
         and path.suffix.lower() in IMAGE_SUFFIXES
@@ -33,7 +43,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(
-        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")
+        path for path in _listing(folder) if path.is_dir() and not path.name.startswith(".")
     )
 
 

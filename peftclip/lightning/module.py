@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import lightning as L
@@ -51,6 +52,9 @@ class PeftClipModule(L.LightningModule):
         text_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # The frozen CLIP stays in eval mode on purpose (methods.md §1.1); Lightning warns about
+        # any module in eval mode at the start of fit.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         # The backbone is recorded by identity (weights hash) in every checkpoint instead: as an
         # hparam, LightningCLI would force the training machine's weights path on `--ckpt_path`.
         self.save_hyperparameters(
