@@ -10,17 +10,7 @@ import torch
 
 from peftclip.data.images import LabeledImageTensors
 from peftclip.data.registry import ClassificationData, register_dataset
-
-COLORS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 60),
-    "blue": (30, 60, 220),
-    "yellow": (230, 220, 40),
-    "purple": (140, 40, 170),
-    "orange": (240, 140, 20),
-    "white": (240, 240, 240),
-    "black": (15, 15, 15),
-}
+from peftclip.world.scenes import COLORS  # the world's palette: one source of colour truth
 
 
 def _images(per_class: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
