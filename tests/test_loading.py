@@ -94,3 +94,8 @@ def test_torchscript_archive_loads_like_openai_weights(tmp_path):
     loaded = load_backbone(TINY, pretrained=str(path))
     expected = load_backbone(TINY, init_seed=3)
     assert loaded.identity.weights_sha256 == expected.identity.weights_sha256
+
+
+def test_gelu_tag_on_a_quickgelu_config_is_refused_too():
+    with pytest.raises(PeftClipError, match=r"trained with nn.GELU.*drop force_quick_gelu"):
+        load_backbone("ViT-B-16", pretrained="laion2b_s34b_b88k", force_quick_gelu=True)

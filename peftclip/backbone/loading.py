@@ -90,13 +90,13 @@ def _resolve_pretrained(model_name: str, pretrained: str | None, quick_gelu: boo
         return None
     tag_config = open_clip.get_pretrained_cfg(model_name, pretrained)
     if tag_config:
-        if pretrained == "openai" and not quick_gelu:
-            _raise_quick_gelu_mismatch(model_name, f"tag '{pretrained}'")
+        if bool(tag_config.get("quick_gelu", False)) != quick_gelu:
+            _raise_quick_gelu_mismatch(model_name, pretrained, trained_quick_gelu=not quick_gelu)
         return None
     path = Path(pretrained).expanduser()
     if path.is_file():
-        if _is_torchscript_archive(path) and not quick_gelu:
-            _raise_quick_gelu_mismatch(model_name, f"the OpenAI checkpoint '{path}'")
+        if _is_torchscript_archive(path) and not quick_gelu:  # OpenAI's format: QuickGELU
+            _raise_quick_gelu_mismatch(model_name, f"'{path}'", trained_quick_gelu=True)
         return str(path)
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if os.sep in pretrained or path.suffix in {".pt", ".pth", ".bin", ".safetensors"}:
@@ -112,11 +112,18 @@ def _resolve_pretrained(model_name: str, pretrained: str | None, quick_gelu: boo
     )
 
 
-def _raise_quick_gelu_mismatch(model_name: str, source: str) -> None:
+def _raise_quick_gelu_mismatch(model_name: str, source: str, trained_quick_gelu: bool) -> None:
+    if trained_quick_gelu:
+        fix = (
+            f"use '{model_name}-quickgelu' (e.g. ViT-B-16-quickgelu) or set force_quick_gelu: true"
+        )
+    else:
+        fix = "drop force_quick_gelu (and any '-quickgelu' suffix of the model name)"
+    trained, built = ("QuickGELU", "nn.GELU") if trained_quick_gelu else ("nn.GELU", "QuickGELU")
     raise PeftClipError(
-        f"OpenAI CLIP weights were trained with QuickGELU but model '{model_name}' is built with "
-        f"nn.GELU; loading {source} into it would silently degrade the model. Use "
-        f"'{model_name}-quickgelu' (e.g. ViT-B-16-quickgelu) or set force_quick_gelu: true."
+        f"weights {source} were trained with {trained} but model '{model_name}' is built with "
+        f"{built}; loading them would silently degrade the model (open_clip only warns). To fix, "
+        f"{fix}."
     )
 
 
