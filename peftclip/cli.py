@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from peftclip.errors import PeftClipError
 
@@ -15,6 +16,8 @@ usage:
   peftclip validate --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the val split
   peftclip test     --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the test split
   peftclip list     adapters|datasets|models                 what can be named in a recipe
+  peftclip base2new --config RECIPE.yaml                     base-to-new protocol (one seed)
+  peftclip world    pretrain|evaluate [--help]               the embedded world CLIP
   peftclip SUBCOMMAND --help                                 every option of a subcommand
   peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
 
@@ -49,6 +52,8 @@ def _list(kind: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # peftclip hands LightningCLI its arguments itself, which Lightning warns about.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     from_command_line = argv is None
     argv = list(sys.argv[1:] if from_command_line else argv)
     if not argv or argv[0] in {"-h", "--help", "help"}:
@@ -57,8 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] == "list":
             return _list(argv[1] if len(argv) > 1 else None)
+        if argv[0] == "world":
+            from peftclip.world.command import world_command
+
+            return world_command(argv[1:])
         from peftclip.lightning.cli import PeftClipCLI
 
+        if argv[0] == "base2new":
+            from peftclip.protocols.base_to_new import run_base_to_new
+
+            cli = PeftClipCLI(args=argv[1:], run=False)
+            result = run_base_to_new(cli.model, cli.datamodule, cli.trainer)
+            method = "+".join(a.name for a in cli.model.adapters) or "no adapter"
+            print(
+                f"\nbase-to-new on {cli.datamodule.dataset_name}, seed {cli.datamodule.seed} "
+                f"(top-1 %)\n{result.table(method)}"
+            )
+            return 0
         PeftClipCLI(args=None if from_command_line else argv)
     except PeftClipError as error:
         if os.environ.get("PEFTCLIP_TRACEBACK"):

@@ -27,7 +27,7 @@ def test_zero_shot_recipe_runs_and_reports_micro_top1(tmp_path):
     cli = PeftClipCLI(args=["test", "--config", str(RECIPE), *_trainer_args(tmp_path)])
     metrics = cli.trainer.callback_metrics
     # Recompute top-1 by hand on the same images: the table must report micro accuracy in %.
-    module, data = cli.model.eval(), build_dataset("solid_colors", images_per_class=16)
+    module, data = cli.model.eval(), build_dataset("world_colors")
     test = data.splits["test"]
     test.transform = module.backbone.preprocess_eval
     images = torch.stack([test[i][0] for i in range(len(test))])

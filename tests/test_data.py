@@ -82,14 +82,7 @@ def test_csv_errors_name_the_row(tmp_path):
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(PeftClipError, match=r"unknown dataset 'image_fodler'.*image_folder"):
         build_dataset("image_fodler", "x")
-    assert {"image_folder", "csv", "solid_colors"} <= set(list_datasets())
-
-
-def test_solid_colors_is_deterministic():
-    first = build_dataset("solid_colors", images_per_class=2).splits["test"]
-    second = build_dataset("solid_colors", images_per_class=2).splits["test"]
-    assert torch.equal(first.images, second.images)
-    assert len(first) == 16
+    assert {"image_folder", "csv", "world_objects"} <= set(list_datasets())
 
 
 def test_unreadable_folder_fails_clearly(tmp_path, monkeypatch):

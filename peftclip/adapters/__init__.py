@@ -1,6 +1,7 @@
 """Adapters: one module per method, a registry, composition rules."""
 
 from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.coop import CoOp
 from peftclip.adapters.registry import (
     adapter_class_path,
     get_adapter_class,
@@ -10,6 +11,7 @@ from peftclip.adapters.registry import (
 
 __all__ = [
     "Adapter",
+    "CoOp",
     "Prompts",
     "TextInput",
     "adapter_class_path",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +19,17 @@ from peftclip.errors import PeftClipError
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
+
+#: Tokenizers of peftclip configs that do not use CLIP's BPE, as (module, attribute): imported
+#: only when such a model is loaded.
+_TOKENIZERS = {"peftclip-world-tiny": ("peftclip.world.tokenizer", "WordTokenizer")}
+#: Weights shipped inside the package, by (model name, pretrained tag).
+SHIPPED_WEIGHTS = {
+    ("peftclip-world-tiny", "world"): Path(__file__).parents[1]
+    / "world"
+    / "weights"
+    / "peftclip-world-tiny.safetensors",
+}
 
 
 @dataclass
@@ -77,17 +89,36 @@ def load_backbone(
     )
     return FrozenClip(
         model,
-        open_clip.get_tokenizer(model_name),
+        get_tokenizer(model_name),
         identity,
         preprocess_train=preprocess_train,
         preprocess_eval=preprocess_eval,
     )
 
 
+def get_tokenizer(model_name: str):
+    """The model's tokenizer: peftclip's own for its word-level configs, else open_clip's."""
+    if model_name in _TOKENIZERS:
+        module, attribute = _TOKENIZERS[model_name]
+        config = open_clip.get_model_config(model_name)
+        return getattr(importlib.import_module(module), attribute)(
+            config["text_cfg"]["context_length"]
+        )
+    return open_clip.get_tokenizer(model_name)
+
+
 def _resolve_pretrained(model_name: str, pretrained: str | None, quick_gelu: bool) -> str | None:
     """Validates ``pretrained``; returns the local file path, or ``None`` for a tag / no weights."""
     if not pretrained:
         return None
+    if (model_name, pretrained) in SHIPPED_WEIGHTS:
+        shipped = SHIPPED_WEIGHTS[(model_name, pretrained)]
+        if not shipped.is_file():
+            raise PeftClipError(
+                f"the shipped weights '{shipped}' are missing from this installation; reinstall "
+                "peftclip or recreate them with `peftclip world pretrain`."
+            )
+        return str(shipped)
     tag_config = open_clip.get_pretrained_cfg(model_name, pretrained)
     if tag_config:
         if bool(tag_config.get("quick_gelu", False)) != quick_gelu:

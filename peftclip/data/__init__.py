@@ -1,6 +1,6 @@
 """Datasets: registry, readers, torch datasets."""
 
-from peftclip.data import folders, solid_colors  # noqa: F401  (registers the built-in readers)
+from peftclip.data import folders  # noqa: F401  (registers the built-in readers)
 from peftclip.data.images import LabeledImageFiles, LabeledImageTensors
 from peftclip.data.registry import (
     SPLITS,
@@ -19,3 +19,6 @@ __all__ = [
     "list_datasets",
     "register_dataset",
 ]
+
+# The world's datasets register after the readers above (they build on peftclip.data).
+from peftclip.world import datasets as _world_datasets  # noqa: F401

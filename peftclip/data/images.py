@@ -26,6 +26,15 @@ class LabeledImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def subset(self, indices: Sequence[int], relabel: dict[int, int]) -> LabeledImageFiles:
+        """The items at ``indices`` with labels mapped through ``relabel``."""
+        samples = [(self.samples[i][0], relabel[self.samples[i][1]]) for i in indices]
+        return LabeledImageFiles(samples, self.transform)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
@@ -53,6 +62,18 @@ class LabeledImageTensors(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def subset(self, indices: Sequence[int], relabel: dict[int, int]) -> LabeledImageTensors:
+        """The items at ``indices`` with labels mapped through ``relabel``."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        labels = torch.tensor(
+            [relabel[int(label)] for label in self.labels[index]], dtype=torch.long
+        )
+        return LabeledImageTensors(self.images[index], labels, self.transform)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = Image.fromarray(self.images[index].numpy())

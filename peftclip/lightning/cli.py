@@ -59,5 +59,6 @@ class PeftClipCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd.
             trainer_defaults={"default_root_dir": "runs"},
+            seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )

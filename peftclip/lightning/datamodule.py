@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from peftclip.data import ClassificationData, build_dataset
+from peftclip.data.fewshot import base_new_split, few_shot
 from peftclip.errors import PeftClipError
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -21,9 +22,16 @@ class PeftClipDataModule(L.LightningDataModule):
     ``PeftClipModule`` at set-up (train transform for ``train``, eval transform otherwise).
 
     Args:
-        dataset: Registry name (``image_folder``, ``csv``, ``solid_colors``, ...).
+        dataset: Registry name (``image_folder``, ``csv``, ``world_objects``, ...).
         root: Data root of the dataset.
         options: Extra keyword arguments of the dataset's builder.
+        shots: Training images per class (Dassl sampler; val gets ``min(shots, 4)``); ``None``
+            uses the full splits.
+        seed: Seed of the few-shot sample.
+        subsample: ``all`` classes, or the ``base`` / ``new`` half (protocols.md §4), taken
+            after few-shot sampling.
+        augment: Train with the backbone's training transform (random crops); ``False``
+            trains on the evaluation transform.
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
@@ -31,9 +39,13 @@ class PeftClipDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "solid_colors",
+        dataset: str = "world_objects",
         root: str | None = None,
         options: dict[str, Any] | None = None,
+        shots: int | None = None,
+        seed: int = 1,
+        subsample: Literal["all", "base", "new"] = "all",
+        augment: bool = True,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -43,6 +55,10 @@ class PeftClipDataModule(L.LightningDataModule):
         self.dataset_name = dataset
         self.root = root
         self.options = options or {}
+        self.shots = shots
+        self.seed = seed
+        self.subsample = subsample
+        self.augment = augment
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -51,7 +67,12 @@ class PeftClipDataModule(L.LightningDataModule):
     @property
     def data(self) -> ClassificationData:
         if self._data is None:
-            self._data = build_dataset(self.dataset_name, self.root, **self.options)
+            data = build_dataset(self.dataset_name, self.root, **self.options)
+            if self.shots is not None:
+                data = few_shot(data, self.shots, self.seed)
+            if self.subsample != "all":
+                data = base_new_split(data, self.subsample)
+            self._data = data
         return self._data
 
     @property
@@ -73,7 +94,7 @@ class PeftClipDataModule(L.LightningDataModule):
 
     def set_transforms(self, train: Callable, evaluation: Callable) -> None:
         for split, dataset in self.data.splits.items():
-            dataset.transform = train if split == "train" else evaluation
+            dataset.transform = train if split == "train" and self.augment else evaluation
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -61,6 +61,7 @@ class PeftClipModule(L.LightningModule):
             ignore=["backbone", "adapters", "optimizer", "scheduler", "text_cache_dir"]
         )
         spec = backbone or BackboneSpec()
+        self.backbone_spec = spec
         frozen = load_backbone(
             spec.model_name, spec.pretrained, spec.force_quick_gelu, spec.init_seed
         )

@@ -13,7 +13,10 @@ from peftclip.world.scenes import BACKGROUNDS, COLOR_NAMES, POSITIONS, SHAPES, S
 
 #: Caption attribute columns, in order; ``-1`` means "not mentioned".
 ATTRIBUTES = ("shape", "color", "size", "count", "position", "background")
-PREFIXES = ("a photo of", "an image of", "a picture of", "a rendering of", "a drawing of")
+#: "photo" is deliberately absent: downstream templates ("a photo of a {}.") then contain a word
+#: pretraining never trained, as hand-made templates are imperfect for real CLIPs, which leaves
+#: prompt learning real headroom (the prototype's captions contained the template verbatim).
+PREFIXES = ("an image of", "a picture of", "a rendering of", "a drawing of", "a scene with")
 NUMBERS = {1: "a", 2: "two", 3: "three"}
 PLURALS = {shape: shape + ("es" if shape.endswith(("s", "x")) else "s") for shape in SHAPES}
 BACKGROUND_PHRASES = {

@@ -14,29 +14,32 @@ _PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32)
 _RADIUS = (0.105, 0.165)
 
 
-def _shape_masks(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """Inside-masks of all 10 shapes for local coordinates scaled so the radius is 1.
-
-    Returns a ``(10, *dx.shape)`` bool tensor in ``SHAPES`` order.
-    """
-    r = torch.sqrt(dx**2 + dy**2)
-    theta = torch.atan2(dy, dx)
+def _shape_mask(shape: int, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """Inside-mask of shape ``SHAPES[shape]`` for local coordinates scaled so the radius is 1."""
     ax, ay = dx.abs(), dy.abs()
-    u, v = (dx + dy).abs() / math.sqrt(2), (dx - dy).abs() / math.sqrt(2)
-    return torch.stack(
-        [
-            r <= 1.0,  # circle
-            torch.maximum(ax, ay) <= 0.82,  # square
-            (dy <= 0.75) & (ax * 1.75 <= dy + 1.0),  # triangle, pointing up
-            ax + ay <= 1.0,  # diamond
-            ((ax <= 0.32) & (ay <= 0.95)) | ((ay <= 0.32) & (ax <= 0.95)),  # plus
-            (r <= 1.0) & (r >= 0.55),  # ring
-            r <= 0.42 + 0.58 * torch.relu(torch.cos(5 * (theta + math.pi / 2))) ** 0.7,  # star
-            torch.maximum(ax * 0.866 + ay * 0.5, ay) <= 0.9,  # hexagon
-            ((u <= 0.3) & (v <= 1.0)) | ((v <= 0.3) & (u <= 1.0)),  # cross (an x)
-            (r <= 1.0) & ((dx - 0.45) ** 2 + dy**2 > 0.72**2),  # crescent
-        ]
-    )
+    if shape in (0, 5, 6, 9):
+        r = torch.sqrt(dx**2 + dy**2)
+    if shape == 0:  # circle
+        return r <= 1.0
+    if shape == 1:  # square
+        return torch.maximum(ax, ay) <= 0.82
+    if shape == 2:  # triangle, pointing up
+        return (dy <= 0.75) & (ax * 1.75 <= dy + 1.0)
+    if shape == 3:  # diamond
+        return ax + ay <= 1.0
+    if shape == 4:  # plus
+        return ((ax <= 0.32) & (ay <= 0.95)) | ((ay <= 0.32) & (ax <= 0.95))
+    if shape == 5:  # ring
+        return (r <= 1.0) & (r >= 0.55)
+    if shape == 6:  # star
+        theta = torch.atan2(dy, dx)
+        return r <= 0.42 + 0.58 * torch.relu(torch.cos(5 * (theta + math.pi / 2))) ** 0.7
+    if shape == 7:  # hexagon
+        return torch.maximum(ax * 0.866 + ay * 0.5, ay) <= 0.9
+    if shape == 8:  # cross (an x)
+        u, v = (dx + dy).abs() / math.sqrt(2), (dx - dy).abs() / math.sqrt(2)
+        return ((u <= 0.3) & (v <= 1.0)) | ((v <= 0.3) & (u <= 1.0))
+    return (r <= 1.0) & ((dx - 0.45) ** 2 + dy**2 > 0.72**2)  # crescent
 
 
 def _backgrounds(scenes: Scenes, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,8 +93,10 @@ def render(
     # Local coordinates of every pixel relative to every object: (n, 3, H, W).
     dx = (px - cx[..., None, None]) / radius[:, None, None, None]
     dy = (py - cy[..., None, None]) / radius[:, None, None, None]
-    masks = _shape_masks(dx, dy)  # (10, n, 3, H, W)
-    masks = masks[scenes.shape, torch.arange(n)]  # (n, 3, H, W)
+    masks = torch.zeros(dx.shape, dtype=torch.bool)  # (n, 3, H, W)
+    for shape in scenes.shape.unique().tolist():
+        rows = scenes.shape == shape
+        masks[rows] = _shape_mask(shape, dx[rows], dy[rows])
     present = scenes.cells >= 0
     mask = (masks & present[..., None, None]).any(dim=1)
 

@@ -29,8 +29,8 @@ def sketch(images, mask, severity, generator):
 
 
 def noise(images, mask, severity, generator):
-    """Additive Gaussian pixel noise, σ = 70·severity."""
-    return _float(images) + torch.randn(images.shape, generator=generator) * 70 * severity
+    """Additive Gaussian pixel noise, σ = 40·severity (grey levels)."""
+    return _float(images) + torch.randn(images.shape, generator=generator) * 40 * severity
 
 
 def blur(images, mask, severity, generator):
@@ -49,11 +49,15 @@ def low_contrast(images, mask, severity, generator):
 
 
 def texture(images, mask, severity, generator):
-    """A colourful checker texture, never seen in pretraining, blended into the background."""
+    """A grey mosaic of 6-px tiles, never seen in pretraining, blended into the background.
+
+    Achromatic like every world background, so it changes the background style without
+    inventing colours (a colourful or full-contrast texture collapses recognition to chance).
+    """
     n, height, width, _ = images.shape
-    cells = torch.rand(n, 3, height // 4 + 1, width // 4 + 1, generator=generator) * 255
-    pattern = F.interpolate(cells, scale_factor=4, mode="nearest")[:, :, :height, :width]
-    pattern = pattern.permute(0, 2, 3, 1)
+    cells = 60 + torch.rand(n, 1, height // 6 + 1, width // 6 + 1, generator=generator) * 140
+    pattern = F.interpolate(cells, scale_factor=6, mode="nearest")[:, :, :height, :width]
+    pattern = pattern.permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
     background = torch.lerp(_float(images), pattern, severity)
     return torch.where(mask[..., None], _float(images), background)
 

@@ -1,0 +1,1 @@
+"""Protocol runners: expand a recipe into the runs and evaluations a protocol prescribes."""

@@ -1,0 +1,85 @@
+"""Base-to-new generalization (specs/protocols.md §4) for one dataset and one seed.
+
+Trains on the base half of the classes (few-shot sample first, then the class split) and
+evaluates the same weights on the base test images (base head) and on the new test images (a
+head of the new class names only), next to zero-shot CLIP with the dataset's template.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import lightning as L
+
+from peftclip.lightning.datamodule import PeftClipDataModule
+from peftclip.lightning.module import PeftClipModule
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    return 2 * base * new / (base + new) if base + new else 0.0
+
+
+@dataclass
+class BaseToNewResult:
+    """Top-1 accuracies in %, of zero-shot CLIP and of the trained method."""
+
+    zero_shot_base: float
+    zero_shot_new: float
+    base: float
+    new: float
+
+    @property
+    def zero_shot_hm(self) -> float:
+        return harmonic_mean(self.zero_shot_base, self.zero_shot_new)
+
+    @property
+    def hm(self) -> float:
+        return harmonic_mean(self.base, self.new)
+
+    def table(self, method: str) -> str:
+        rows = [("zero-shot CLIP", self.zero_shot_base, self.zero_shot_new, self.zero_shot_hm)]
+        rows.append((method, self.base, self.new, self.hm))
+        lines = [
+            f"| {'':<16} | {'base':>6} | {'new':>6} | {'HM':>6} |",
+            f"|{'-' * 18}|{'-' * 8}|{'-' * 8}|{'-' * 8}|",
+        ]
+        lines += [f"| {name:<16} | {b:6.2f} | {n:6.2f} | {h:6.2f} |" for name, b, n, h in rows]
+        return "\n".join(lines)
+
+
+def _half(datamodule: PeftClipDataModule, half: str) -> PeftClipDataModule:
+    copied = copy.copy(datamodule)
+    copied.subsample, copied._data = half, None
+    return copied
+
+
+def _evaluate(trainer: L.Trainer, module: PeftClipModule, datamodule) -> float:
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    return metrics["test/top1"]
+
+
+def run_base_to_new(
+    module: PeftClipModule, datamodule: PeftClipDataModule, trainer: L.Trainer
+) -> BaseToNewResult:
+    """Zero-shot on both halves, fit on base, test the trained module on base and on new."""
+    base, new = _half(datamodule, "base"), _half(datamodule, "new")
+    evaluator = L.Trainer(
+        accelerator=trainer.strategy.root_device.type,
+        devices=1,
+        precision=trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    zero_shot = PeftClipModule(backbone=module.backbone_spec, templates=module.user_templates)
+    zero_shot_base = _evaluate(evaluator, zero_shot, base)
+    zero_shot_new = _evaluate(evaluator, zero_shot, new)
+    trainer.fit(module, datamodule=base)
+    return BaseToNewResult(
+        zero_shot_base=zero_shot_base,
+        zero_shot_new=zero_shot_new,
+        base=_evaluate(evaluator, module, base),
+        new=_evaluate(evaluator, module, new),
+    )

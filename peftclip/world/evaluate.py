@@ -1,0 +1,73 @@
+"""Zero-shot measurements of a world CLIP (the numbers of the model card).
+
+Everything runs through the same ``FrozenClip`` + template-ensemble code path as real CLIPs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peftclip.backbone import FrozenClip, zero_shot_head
+from peftclip.data import build_dataset
+from peftclip.world.pretrain import to_model_input
+from peftclip.world.scenes import COLOR_NAMES, is_held_out
+from peftclip.world.shifts import SHIFTS
+
+#: Caption-style template (how pretraining text reads) and the downstream default template.
+CAPTION_TEMPLATE = "an image of a {}"
+PHOTO_TEMPLATE = "a photo of a {}."
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    backbone: FrozenClip,
+    dataset: str,
+    template: str,
+    classes: list[int] | None = None,
+    batch_size: int = 500,
+) -> float:
+    """Top-1 (%) on the test split of ``dataset``, optionally restricted to ``classes``."""
+    data = build_dataset(dataset, splits=("test",))
+    test = data.splits["test"]
+    classes = classes if classes is not None else list(range(len(data.classnames)))
+    keep = torch.isin(test.labels, torch.tensor(classes))
+    names = [data.classnames[index] for index in classes]
+    head = zero_shot_head(backbone, names, template)
+    device = head.device
+    images = test.images[keep]
+    labels = torch.searchsorted(torch.tensor(classes), test.labels[keep])
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        batch = to_model_input(images[start : start + batch_size]).to(device)
+        predictions = backbone.logits(backbone.encode_image(batch), head).argmax(-1).cpu()
+        correct += (predictions == labels[start : start + batch_size]).sum().item()
+    return 100 * correct / len(images)
+
+
+def model_card_numbers(backbone: FrozenClip) -> dict[str, float]:
+    """All zero-shot figures of the model card, in %."""
+    pairs = [(index // len(COLOR_NAMES), index % len(COLOR_NAMES)) for index in range(80)]
+    unseen = [i for i, (s, c) in enumerate(pairs) if is_held_out(torch.tensor(s), torch.tensor(c))]
+    numbers = {
+        "objects_80way_caption_template": zero_shot_accuracy(
+            backbone, "world_objects", CAPTION_TEMPLATE
+        ),
+        "objects_80way_photo_template": zero_shot_accuracy(
+            backbone, "world_objects", PHOTO_TEMPLATE
+        ),
+        "unseen_pairs_20way": zero_shot_accuracy(
+            backbone, "world_objects", CAPTION_TEMPLATE, classes=unseen
+        ),
+        "shapes_10way": zero_shot_accuracy(backbone, "world_shapes", CAPTION_TEMPLATE),
+        "colors_8way": zero_shot_accuracy(backbone, "world_colors", "an image of a {} circle"),
+        "backgrounds_5way": zero_shot_accuracy(
+            backbone, "world_backgrounds", "an image of a circle on a {}"
+        ),
+        "counts_3way": zero_shot_accuracy(backbone, "world_counts", "an image of {}"),
+        "sizes_2way": zero_shot_accuracy(backbone, "world_sizes", "an image of a {}"),
+    }
+    for shift in SHIFTS:
+        numbers[f"objects_80way_{shift}"] = zero_shot_accuracy(
+            backbone, f"world_objects_{shift}", CAPTION_TEMPLATE
+        )
+    return numbers

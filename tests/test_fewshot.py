@@ -1,0 +1,91 @@
+"""Few-shot sampling equals Dassl's algorithm; base/new splits follow protocols.md §4."""
+
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+
+from peftclip.data import ClassificationData, LabeledImageTensors, build_dataset
+from peftclip.data.fewshot import base_new_split, few_shot, sample_per_class
+from peftclip.lightning.datamodule import PeftClipDataModule
+
+
+def _dassl_generate_fewshot_dataset(data_source, num_shots):
+    """Dassl's ``generate_fewshot_dataset`` (repeat=False), written out as the anchor has it."""
+    tracker = defaultdict(list)
+    for item in data_source:
+        tracker[item[1]].append(item)
+    dataset = []
+    for _, items in tracker.items():
+        sampled = random.sample(items, num_shots) if len(items) >= num_shots else items
+        dataset.extend(sampled)
+    return dataset
+
+
+def _tensor_data(labels_by_split: dict[str, list[int]], n_classes: int) -> ClassificationData:
+    splits = {
+        split: LabeledImageTensors(
+            torch.arange(len(labels)).view(-1, 1, 1, 1).expand(-1, 2, 2, 3).to(torch.uint8),
+            torch.tensor(labels),
+        )
+        for split, labels in labels_by_split.items()
+    }
+    return ClassificationData("toy", [f"class {i}" for i in range(n_classes)], splits)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sampler_equals_dassl_on_the_same_listing(seed):
+    rng = random.Random(0)
+    train = [(f"img{i}.jpg", rng.randrange(7)) for i in range(120)]
+    val = [(f"val{i}.jpg", rng.randrange(7)) for i in range(40)]
+    random.seed(seed)  # the anchors seed Python's global RNG, then sample train, then val
+    expected_train = _dassl_generate_fewshot_dataset(train, 16)
+    expected_val = _dassl_generate_fewshot_dataset(val, 4)
+
+    ours = random.Random(seed)
+    train_positions = sample_per_class([label for _, label in train], 16, ours)
+    val_positions = sample_per_class([label for _, label in val], 4, ours)
+    assert [train[i] for i in train_positions] == expected_train
+    assert [val[i] for i in val_positions] == expected_val
+
+
+def test_few_shot_counts_and_determinism():
+    labels = [i % 5 for i in range(100)] + [5, 5]  # class 5 has only 2 images
+    data = _tensor_data({"train": labels, "val": labels, "test": labels}, 6)
+    sample = few_shot(data, 16, seed=1)
+    counts = torch.bincount(torch.tensor(sample.splits["train"].targets))
+    assert counts.tolist() == [16, 16, 16, 16, 16, 2]  # never repeated, never dropped
+    assert torch.bincount(torch.tensor(sample.splits["val"].targets)).tolist() == [4] * 5 + [2]
+    assert len(sample.splits["test"]) == len(labels)
+    again, other = few_shot(data, 16, seed=1), few_shot(data, 16, seed=2)
+    assert torch.equal(sample.splits["train"].images, again.splits["train"].images)
+    assert not torch.equal(sample.splits["train"].images, other.splits["train"].images)
+
+
+def test_base_new_split_relabels_each_half_from_zero():
+    labels = [0, 1, 2, 3, 4] * 3
+    data = _tensor_data({"train": labels, "test": labels}, 5)
+    base, new = base_new_split(data, "base"), base_new_split(data, "new")
+    assert base.classnames == ["class 0", "class 1", "class 2"]  # m = ceil(5 / 2) = 3
+    assert new.classnames == ["class 3", "class 4"]
+    assert sorted(set(base.splits["test"].targets)) == [0, 1, 2]
+    assert sorted(set(new.splits["test"].targets)) == [0, 1]
+    new_images = new.splits["test"].images[:, 0, 0, 0].tolist()
+    assert [labels[i] for i in new_images] == [3, 4] * 3  # the right images went to "new"
+
+
+def test_datamodule_applies_shots_then_subsample():
+    datamodule = PeftClipDataModule("world_shapes", shots=4, seed=1, subsample="new")
+    assert datamodule.classnames == list(build_dataset("world_shapes").classnames[5:])
+    assert len(datamodule.data.splits["train"]) == 4 * 5
+    assert len(datamodule.data.splits["test"]) == 25 * 5
+
+
+def test_augment_false_trains_on_the_evaluation_transform():
+    datamodule = PeftClipDataModule("world_shapes", shots=1, augment=False)
+    datamodule.set_transforms("train-transform", "eval-transform")
+    assert {d.transform for d in datamodule.data.splits.values()} == {"eval-transform"}
+    datamodule = PeftClipDataModule("world_shapes", shots=1)
+    datamodule.set_transforms("train-transform", "eval-transform")
+    assert datamodule.data.splits["train"].transform == "train-transform"
