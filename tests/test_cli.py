@@ -150,3 +150,13 @@ def test_every_recipe_parses_and_states_its_command(recipe, capsys):
         main(["test", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code == 0
     assert "model_name:" in capsys.readouterr().out
+
+
+def test_ci_runs_the_readme_commands_verbatim():
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    blocks = [block.split("```")[0].strip() for block in readme.split("```bash\n")[1:3]]
+    ci = (root / ".ci" / "run").read_text()
+    assert len(blocks) == 2 and all(block in ci for block in blocks)
+    assert "peftclip base2new --config recipes/quickstart.yaml" in blocks[0]
+    assert "pytest" in blocks[1]
