@@ -115,3 +115,17 @@ def test_shipped_checkpoint_reproduces_its_model_card():
     measured = zero_shot_accuracy(backbone, "world_shapes", CAPTION_TEMPLATE)
     assert measured == pytest.approx(card["zero_shot_top1"]["shapes_10way"], abs=0.5)
     assert backbone.logit_scale.item() == pytest.approx(card["logit_scale"], rel=1e-4)
+
+
+def test_forgetting_probe_trains_every_weight_and_reports_before_and_after():
+    from peftclip.world.evaluate import full_fine_tuning_forgetting
+
+    backbone = load_backbone(WORLD, pretrained="world")
+    weight = backbone.model.visual.conv1.weight.clone()
+    result = full_fine_tuning_forgetting(
+        backbone, train_task="world_sizes", held_out_tasks=("world_colors",), steps=2, batch_size=4
+    )
+    assert set(result) == {"world_sizes", "world_colors"}
+    assert all(0 <= value <= 100 for pair in result.values() for value in pair)
+    assert not torch.equal(weight, backbone.model.visual.conv1.weight)
+    assert not any(p.requires_grad for p in backbone.parameters())

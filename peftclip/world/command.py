@@ -33,6 +33,11 @@ def world_command(argv: list[str]) -> int:
     measure.add_argument(
         "--update-card", action="store_true", help="write the numbers into the weights' .json card"
     )
+    measure.add_argument(
+        "--forgetting",
+        action="store_true",
+        help="also fine-tune all weights on world_counts and measure held-out tasks (~4 min)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "pretrain":
@@ -46,10 +51,16 @@ def world_command(argv: list[str]) -> int:
         return 0
 
     from peftclip.backbone import load_backbone
-    from peftclip.world.evaluate import model_card_numbers
+    from peftclip.world.evaluate import full_fine_tuning_forgetting, model_card_numbers
 
     backbone = load_backbone("peftclip-world-tiny", pretrained=args.weights).to(args.device)
     numbers = {name: round(value, 2) for name, value in model_card_numbers(backbone).items()}
+    if args.forgetting:
+        probe = full_fine_tuning_forgetting(backbone)  # last: it trains the backbone in place
+        numbers["full_fine_tuning_on_world_counts"] = {
+            task: {"before": round(before, 2), "after": round(after, 2)}
+            for task, (before, after) in probe.items()
+        }
     print(json.dumps(numbers, indent=2))
     if args.update_card:
         card_path = Path(backbone.identity.pretrained).with_suffix(".json")

@@ -71,3 +71,52 @@ def model_card_numbers(backbone: FrozenClip) -> dict[str, float]:
             backbone, f"world_objects_{shift}", CAPTION_TEMPLATE
         )
     return numbers
+
+
+def full_fine_tuning_forgetting(
+    backbone: FrozenClip,
+    train_task: str = "world_counts",
+    held_out_tasks: tuple[str, ...] = (
+        "world_objects",
+        "world_shapes",
+        "world_colors",
+        "world_backgrounds",
+    ),
+    steps: int = 200,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Fine-tunes *every* weight of ``backbone`` on one task; returns (before, after) top-1 (%)
+    of that task and of held-out tasks, each with its caption-style template.
+
+    The forgetting probe of the model card: continual-learning methods need a model that
+    measurably forgets. ``backbone`` is modified in place (unfrozen and trained).
+    """
+    templates = {
+        "world_objects": CAPTION_TEMPLATE,
+        "world_shapes": CAPTION_TEMPLATE,
+        "world_colors": "an image of a {} circle",
+        "world_backgrounds": "an image of a circle on a {}",
+        "world_counts": "an image of {}",
+        "world_sizes": "an image of a {}",
+    }
+    tasks = (train_task, *held_out_tasks)
+    before = {task: zero_shot_accuracy(backbone, task, templates[task]) for task in tasks}
+    data = build_dataset(train_task, splits=("train",)).splits["train"]
+    names = build_dataset(train_task, splits=()).classnames
+    model = backbone.model.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = backbone.tokenize([templates[train_task].format(name) for name in names])
+    for _ in range(steps):
+        index = torch.randint(len(data), (batch_size,), generator=generator)
+        images = to_model_input(data.images[index])
+        logits = backbone.logits(backbone.encode_image(images), backbone.encode_text_tokens(tokens))
+        loss = torch.nn.functional.cross_entropy(logits, data.labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.requires_grad_(False)
+    after = {task: zero_shot_accuracy(backbone, task, templates[task]) for task in tasks}
+    return {task: (before[task], after[task]) for task in tasks}
