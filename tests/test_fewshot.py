@@ -82,8 +82,8 @@ def test_datamodule_applies_shots_then_subsample():
     assert len(datamodule.data.splits["test"]) == 25 * 5
 
 
-def test_augment_false_trains_on_the_evaluation_transform():
-    datamodule = PeftClipDataModule("world_shapes", shots=1, augment=False)
+def test_train_transform_eval_means_no_augmentation():
+    datamodule = PeftClipDataModule("world_shapes", shots=1, train_transform="eval")
     datamodule.set_transforms("train-transform", "eval-transform")
     assert {d.transform for d in datamodule.data.splits.values()} == {"eval-transform"}
     datamodule = PeftClipDataModule("world_shapes", shots=1)

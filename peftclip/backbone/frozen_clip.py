@@ -102,6 +102,11 @@ class FrozenClip(nn.Module):
         return visual.transformer.width if isinstance(visual, VisionTransformer) else None
 
     @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return size if isinstance(size, int) else size[0]
+
+    @property
     def text_depth(self) -> int:
         return len(self.model.transformer.resblocks)
 

@@ -6,45 +6,9 @@ import csv
 from pathlib import Path
 
 from peftclip.data.images import LabeledImageFiles
+from peftclip.data.listing import IMAGE_SUFFIXES, class_folders, existing_root, image_files
 from peftclip.data.registry import SPLITS, ClassificationData, register_dataset
 from peftclip.errors import PeftClipError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def _existing_root(root: str | None, what: str) -> Path:
-    if not root:
-        raise PeftClipError(f"dataset '{what}' needs a root: set data.root in the recipe.")
-    path = Path(root).expanduser()
-    if not path.exists():
-        raise PeftClipError(f"dataset root '{path}' does not exist. Set data.root to {what}.")
-    return path
-
-
-def _listing(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except OSError as error:
-        raise PeftClipError(
-            f"cannot list '{folder}' ({error.strerror}). Check that the folder exists and is "
-            "readable by this user."
-        ) from error
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in _listing(folder)
-        if path.is_file()
-        and not path.name.startswith(".")
-        and path.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(
-        path for path in _listing(folder) if path.is_dir() and not path.name.startswith(".")
-    )
 
 
 def build_image_folder(
@@ -56,11 +20,11 @@ def build_image_folder(
     Class names are the folder names (sorted; label = index). A class folder without images
     is an error: a run never silently drops a class.
     """
-    path = _existing_root(root, "a folder with one sub-folder of images per class")
+    path = existing_root(root, "a folder with one sub-folder of images per class")
     split_dirs = {split: path / split for split in SPLITS if (path / split).is_dir()}
     if not split_dirs:
         split_dirs = {"test": path}
-    per_split = {split: _class_folders(folder) for split, folder in split_dirs.items()}
+    per_split = {split: class_folders(folder) for split, folder in split_dirs.items()}
     classnames = sorted({folder.name for folders in per_split.values() for folder in folders})
     if not classnames:
         raise PeftClipError(
@@ -72,7 +36,7 @@ def build_image_folder(
     for split, folders in per_split.items():
         samples, empty = [], []
         for folder in folders:
-            files = _image_files(folder)
+            files = image_files(folder)
             empty += [] if files else [str(folder)]
             samples += [(file, label_of[folder.name]) for file in files]
         if empty:
@@ -92,7 +56,7 @@ def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> Cl
     ``label`` is a class name. Class order is ``classnames.txt`` next to the CSVs (one name per
     line) when present, else the sorted set of labels. Relative paths are relative to the CSV.
     """
-    path = _existing_root(root, "a CSV file or a folder of train/val/test.csv")
+    path = existing_root(root, "a CSV file or a folder of train/val/test.csv")
     files = (
         {"test": path}
         if path.is_file()

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from peftclip.data import ClassificationData, build_dataset
 from peftclip.data.fewshot import base_new_split, few_shot
+from peftclip.data.transforms import build_transform
 from peftclip.errors import PeftClipError
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -30,8 +31,10 @@ class PeftClipDataModule(L.LightningDataModule):
         seed: Seed of the few-shot sample.
         subsample: ``all`` classes, or the ``base`` / ``new`` half (protocols.md §4), taken
             after few-shot sampling.
-        augment: Train with the backbone's training transform (random crops); ``False``
-            trains on the evaluation transform.
+        train_transform: ``backbone`` (open_clip's training transform of the model), ``eval``
+            (the evaluation transform: no augmentation), or a named transform of
+            specs/datasets.md §5 (``dassl_train``, ``zscl_train``, ``openclip_train``).
+        eval_transform: ``backbone`` or ``dassl_test`` / ``zscl_test``.
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
@@ -45,7 +48,8 @@ class PeftClipDataModule(L.LightningDataModule):
         shots: int | None = None,
         seed: int = 1,
         subsample: Literal["all", "base", "new"] = "all",
-        augment: bool = True,
+        train_transform: str = "backbone",
+        eval_transform: str = "backbone",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -58,7 +62,8 @@ class PeftClipDataModule(L.LightningDataModule):
         self.shots = shots
         self.seed = seed
         self.subsample = subsample
-        self.augment = augment
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -92,9 +97,17 @@ class PeftClipDataModule(L.LightningDataModule):
                     f"(root {self.root}), which is missing or empty; splits found: {found}."
                 )
 
-    def set_transforms(self, train: Callable, evaluation: Callable) -> None:
+    def set_transforms(self, train: Callable, evaluation: Callable, image_size: int = 224) -> None:
+        """Applies the transforms: ``train``/``evaluation`` are the backbone's own, used where
+        the recipe says ``backbone``; named transforms are built at ``image_size``."""
+        if self.eval_transform != "backbone":
+            evaluation = build_transform(self.eval_transform, image_size)
+        if self.train_transform == "eval":
+            train = evaluation
+        elif self.train_transform != "backbone":
+            train = build_transform(self.train_transform, image_size)
         for split, dataset in self.data.splits.items():
-            dataset.transform = train if split == "train" and self.augment else evaluation
+            dataset.transform = train if split == "train" else evaluation
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

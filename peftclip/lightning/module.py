@@ -94,7 +94,9 @@ class PeftClipModule(L.LightningModule):
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
         self.use_class_set(datamodule.classnames, self.user_templates or datamodule.templates)
-        datamodule.set_transforms(self.backbone.preprocess_train, self.backbone.preprocess_eval)
+        datamodule.set_transforms(
+            self.backbone.preprocess_train, self.backbone.preprocess_eval, self.backbone.image_size
+        )
 
     def use_class_set(self, classnames: list[str], templates: str | list[str]) -> None:
         """Points the classification head at ``classnames`` (metrics are rebuilt to match)."""
