@@ -17,6 +17,7 @@ usage:
   peftclip test     --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the test split
   peftclip list     adapters|datasets|models                 what can be named in a recipe
   peftclip base2new --config RECIPE.yaml                     base-to-new protocol (one seed)
+  peftclip data     check --root DATA [NAMES ...]            validate a CoOp-style data root
   peftclip world    pretrain|evaluate [--help]               the embedded world CLIP
   peftclip SUBCOMMAND --help                                 every option of a subcommand
   peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[0] == "list":
             return _list(argv[1] if len(argv) > 1 else None)
+        if argv[:2] == ["data", "check"]:
+            from peftclip.data.check import data_check_command
+
+            return data_check_command(argv[2:])
         if argv[0] == "world":
             from peftclip.world.command import world_command
 

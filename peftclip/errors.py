@@ -6,3 +6,11 @@ class PeftClipError(Exception):
 
     The command line prints these as a single paragraph without a traceback.
     """
+
+
+class DatasetMissing(PeftClipError):
+    """A dataset's folder is absent from the data root (``data check`` reports it as missing)."""
+
+    def __init__(self, message: str, path) -> None:
+        super().__init__(message)
+        self.path = path

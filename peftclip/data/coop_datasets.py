@@ -17,7 +17,7 @@ from peftclip.backbone.templates import COOP_TEMPLATES
 from peftclip.data.images import LabeledImageFiles
 from peftclip.data.listing import class_folders, existing_root, image_files
 from peftclip.data.registry import ClassificationData, register_dataset
-from peftclip.errors import PeftClipError
+from peftclip.errors import DatasetMissing, PeftClipError
 
 _CHECK = "Run `peftclip data check --root <DATA>` after fixing it; see specs/datasets.md §1."
 
@@ -47,8 +47,8 @@ ZHOU_LAYOUTS = {
 def _dataset_dir(root: str | None, directory: str, name: str) -> Path:
     path = existing_root(root, "the data root that holds the dataset folders") / directory
     if not path.is_dir():
-        raise PeftClipError(
-            f"dataset '{name}' expects the folder '{path}', which is missing. {_CHECK}"
+        raise DatasetMissing(
+            f"dataset '{name}' expects the folder '{path}', which is missing. {_CHECK}", path
         )
     return path
 

@@ -1,0 +1,121 @@
+"""``peftclip data check``: is a data root laid out as the readers expect? (specs/datasets.md §8)"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from PIL import Image, UnidentifiedImageError
+
+from peftclip.data.registry import build_dataset
+from peftclip.errors import DatasetMissing, PeftClipError
+
+#: Classes and train / val / test images of each dataset (specs/datasets.md §1; ImageNet train
+#: is the exact ILSVRC-2012 count). ``None``: the dataset has no such split.
+EXPECTED: dict[str, tuple[int, int | None, int | None, int | None]] = {
+    "imagenet": (1000, 1_281_167, None, 50_000),
+    "caltech101": (100, 4_128, 1_649, 2_465),
+    "oxford_pets": (37, 2_944, 736, 3_669),
+    "stanford_cars": (196, 6_509, 1_635, 8_041),
+    "oxford_flowers": (102, 4_093, 1_633, 2_463),
+    "food101": (101, 50_500, 20_200, 30_300),
+    "fgvc_aircraft": (100, 3_334, 3_333, 3_333),
+    "sun397": (397, 15_880, 3_970, 19_850),
+    "dtd": (47, 2_820, 1_128, 1_692),
+    "eurosat": (10, 13_500, 5_400, 8_100),
+    "ucf101": (101, 7_639, 1_898, 3_783),
+    "imagenetv2": (1000, None, None, 10_000),
+    "imagenet_sketch": (1000, None, None, 50_889),
+    "imagenet_a": (200, None, None, 7_500),
+    "imagenet_r": (200, None, None, 30_000),
+}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DatasetCheck:
+    """The verdict on one dataset: ``ok``, ``missing`` (its folder is absent) or ``problem``."""
+
+    name: str
+    status: str = "ok"
+    classes: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> DatasetCheck:
+    """Reads ``name`` under ``root`` and compares it with ``EXPECTED``; with ``decode`` every
+    image header is opened so unreadable files are listed (the first ``limit`` of them)."""
+    result = DatasetCheck(name)
+    try:
+        data = build_dataset(name, root)
+    except DatasetMissing as error:
+        result.status = "missing"
+        result.problems.append(f"no folder {error.path}")
+        return result
+    except PeftClipError as error:
+        result.status = "problem"
+        result.problems.append(str(error))
+        return result
+    classes, *sizes = EXPECTED[name]
+    result.classes = len(data.classnames)
+    if result.classes != classes:
+        result.problems.append(f"{result.classes} classes, expected {classes}")
+    for split, expected in zip(SPLITS, sizes, strict=True):
+        found = len(data.splits[split]) if split in data.splits else None
+        if found is not None:
+            result.counts[split] = found
+        if found != expected:
+            result.problems.append(f"{split}: {found or 0} images, expected {expected or 0}")
+    if decode:
+        unreadable = [path for split in data.splits.values() for path, _ in split.samples
+                      if not _readable(path)]  # fmt: skip
+        if unreadable:
+            shown = ", ".join(str(path) for path in unreadable[:limit])
+            result.problems.append(f"{len(unreadable)} unreadable image(s): {shown}")
+    if result.problems:
+        result.status = "problem"
+    return result
+
+
+def _readable(path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018  (parsing the header is the check)
+        return True
+    except (OSError, UnidentifiedImageError):
+        return False
+
+
+def data_check_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="peftclip data check",
+        description="Check a CoOp-style data root: presence, image counts per split against the "
+        "expected counts, class counts, unreadable images. Exit code 1 on any problem.",
+    )
+    parser.add_argument("--root", required=True, help="the data root <DATA>")
+    parser.add_argument(
+        "names", nargs="*", help=f"datasets (default: all of {', '.join(EXPECTED)})"
+    )
+    parser.add_argument("--no-decode", action="store_true", help="skip opening every image")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in EXPECTED]
+    if unknown:
+        raise PeftClipError(f"data check knows {', '.join(EXPECTED)}; not {', '.join(unknown)}.")
+    results = [check_dataset(n, args.root, not args.no_decode) for n in args.names or EXPECTED]
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"peftclip data check — {args.root}")
+    for column in ("dataset", "status", "classes", *SPLITS, "problems"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        style = {"ok": "green", "missing": "yellow", "problem": "red"}[result.status]
+        counts = [str(result.counts.get(split, "–")) for split in SPLITS]
+        table.add_row(result.name, f"[{style}]{result.status}[/]", str(result.classes or "–"),
+                      *counts, "\n".join(result.problems))  # fmt: skip
+    Console(width=160).print(table)
+    # Absent datasets fail the check only when they were asked for by name.
+    failed = [r for r in results if r.status == "problem" or (r.status == "missing" and args.names)]
+    return 1 if failed else 0
