@@ -89,3 +89,53 @@ def test_train_transform_eval_means_no_augmentation():
     datamodule = PeftClipDataModule("world_shapes", shots=1)
     datamodule.set_transforms("train-transform", "eval-transform")
     assert datamodule.data.splits["train"].transform == "train-transform"
+
+
+def _pets(tmp_path):
+    from tests.test_coop_datasets import _zhou_tree
+
+    return _zhou_tree(tmp_path, "oxford_pets")
+
+
+def test_manifest_is_written_with_relative_paths_and_reused(tmp_path, monkeypatch):
+    import json
+
+    import peftclip.data.fewshot as fewshot
+
+    _pets(tmp_path)
+    first = PeftClipDataModule("oxford_pets", root=str(tmp_path), shots=1, seed=3)
+    path = tmp_path / ".peftclip" / "fewshot" / "oxford_pets" / "shot_1-seed_3-dassl.json"
+    samples = first.data.splits["train"].samples
+    manifest = json.loads(path.read_text())
+    assert manifest["format"] == "peftclip-fewshot/1" and manifest["sampler"] == "dassl"
+    assert manifest["source_split"]["file"] == "split_zhou_OxfordPets.json"
+    assert [entry[0] for entry in manifest["train"]] == [
+        file.relative_to(tmp_path / "oxford_pets" / "images").as_posix() for file, _ in samples
+    ]
+
+    def no_sampling(*args):
+        raise AssertionError("sampled again instead of reusing the manifest")
+
+    monkeypatch.setattr(fewshot, "sample_per_class", no_sampling)
+    again = PeftClipDataModule("oxford_pets", root=str(tmp_path), shots=1, seed=3)
+    assert again.data.splits["train"].samples == samples
+
+
+def test_manifest_of_another_split_version_is_refused(tmp_path):
+    directory = _pets(tmp_path)
+    PeftClipDataModule("oxford_pets", root=str(tmp_path), shots=1).data  # noqa: B018
+    split_file = directory / "split_zhou_OxfordPets.json"
+    split_file.write_text(split_file.read_text().replace("]]", "] ]"))
+    with pytest.raises(Exception, match="different version of the split"):
+        PeftClipDataModule("oxford_pets", root=str(tmp_path), shots=1).data  # noqa: B018
+
+
+def test_unwritable_cache_says_how_to_fix(tmp_path):
+    _pets(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    datamodule = PeftClipDataModule(
+        "oxford_pets", root=str(tmp_path), shots=1, cache_dir=str(blocker)
+    )
+    with pytest.raises(Exception, match=r"Set data\.cache_dir"):
+        datamodule.data  # noqa: B018

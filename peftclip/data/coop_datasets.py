@@ -93,7 +93,8 @@ def read_zhou_split(name: str, root: str | None = None) -> ClassificationData:
     if sorted(names) != list(range(len(names))):
         raise PeftClipError(f"'{split_path}' labels are not 0…{len(names) - 1}.")
     classnames = [names[label] for label in range(len(names))]
-    return ClassificationData(name, classnames, splits, [COOP_TEMPLATES[name]])
+    template = [COOP_TEMPLATES[name]]
+    return ClassificationData(name, classnames, splits, template, prefix, split_path)
 
 
 def read_fgvc_aircraft(root: str | None = None) -> ClassificationData:
@@ -120,8 +121,8 @@ def read_fgvc_aircraft(root: str | None = None) -> ClassificationData:
                 samples.append((directory / "images" / f"{image_id}.jpg", label_of[variant]))
         _require_files(samples, listing)
         splits[part] = LabeledImageFiles(samples)
-    template = COOP_TEMPLATES["fgvc_aircraft"]
-    return ClassificationData("fgvc_aircraft", classnames, splits, [template])
+    template = [COOP_TEMPLATES["fgvc_aircraft"]]
+    return ClassificationData("fgvc_aircraft", classnames, splits, template, directory / "images")
 
 
 def _imagenet_classnames(directory: Path, root: str | None) -> list[tuple[str, str]]:
@@ -172,7 +173,8 @@ def read_imagenet(root: str | None = None) -> ClassificationData:
             )
         splits[part] = LabeledImageFiles(_folder_samples(folders, label_of))
     classnames = [name for _, name in sorted(pairs)]
-    return ClassificationData("imagenet", classnames, splits, [COOP_TEMPLATES["imagenet"]])
+    template = [COOP_TEMPLATES["imagenet"]]
+    return ClassificationData("imagenet", classnames, splits, template, directory / "images")
 
 
 def read_imagenetv2(root: str | None = None) -> ClassificationData:

@@ -3,9 +3,13 @@ specs/protocols.md §4)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from peftclip.data.registry import ClassificationData
 from peftclip.errors import PeftClipError
@@ -26,14 +30,47 @@ def sample_per_class(labels: Sequence[int], shots: int, rng: random.Random) -> l
     return chosen
 
 
-def few_shot(data: ClassificationData, shots: int, seed: int) -> ClassificationData:
+MANIFEST_FORMAT = "peftclip-fewshot/1"
+
+
+def manifest_path(cache_dir: Path, dataset: str, shots: int, seed: int, sampler: str = "dassl"):
+    """``<cache>/fewshot/<dataset>/shot_<K>-seed_<s>-<sampler>.json`` (spec §4.2)."""
+    return Path(cache_dir) / "fewshot" / dataset / f"shot_{shots}-seed_{seed}-{sampler}.json"
+
+
+def source_sha256(data: ClassificationData) -> str:
+    """Hash of what a sample is drawn from: the split file, or else the train/val listing."""
+    if data.split_file is not None:
+        return hashlib.sha256(data.split_file.read_bytes()).hexdigest()
+    listing = [
+        [_relative(path, data.image_root), label]
+        for split in ("train", "val")
+        if split in data.splits
+        for path, label in data.splits[split].samples
+    ]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()
+
+
+def few_shot(
+    data: ClassificationData, shots: int, seed: int, cache_dir: Path | None = None
+) -> ClassificationData:
     """``shots`` training images per class and ``min(shots, 4)`` validation images per class.
 
     One ``random.Random(seed)`` stream serves train then val, as in the anchors (which seed
-    Python's global ``random`` once and sample train, then val). Test is untouched.
+    Python's global ``random`` once and sample train, then val). Test is untouched. With
+    ``cache_dir``, file datasets reuse the JSON manifest of (dataset, shots, seed) or write it.
     """
     if "train" not in data.splits:
         raise PeftClipError(f"few-shot sampling needs a train split; '{data.name}' has none.")
+    path = None
+    if cache_dir is not None and data.image_root is not None:
+        path = manifest_path(cache_dir, data.name, shots, seed)
+        if path.is_file():
+            return _apply_manifest(data, path)
     rng = random.Random(seed)
     identity = {label: label for label in range(len(data.classnames))}
     splits = dict(data.splits)
@@ -41,7 +78,75 @@ def few_shot(data: ClassificationData, shots: int, seed: int) -> ClassificationD
         if split in splits:
             positions = sample_per_class(splits[split].targets, k, rng)
             splits[split] = splits[split].subset(positions, identity)
-    return ClassificationData(data.name, data.classnames, splits, data.templates)
+    sample = replace(data, splits=splits)
+    if path is not None:
+        _write_manifest(sample, data, shots, seed, path)
+    return sample
+
+
+def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:
+    try:
+        entries = {
+            split: [
+                [_relative(file, data.image_root), label, data.classnames[label]]
+                for file, label in sample.splits[split].samples
+            ]
+            for split in ("train", "val")
+            if split in sample.splits
+        }
+    except ValueError:
+        return  # files outside image_root (e.g. absolute CSV paths): keep the sample in memory
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": data.name,
+        "shots": shots,
+        "seed": seed,
+        "sampler": "dassl",
+        "source_split": {
+            "file": data.split_file.name if data.split_file else None,
+            "sha256": source_sha256(data),
+        },
+        **entries,
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(manifest, indent=1) + "\n")
+        partial.replace(path)
+    except OSError as error:
+        raise PeftClipError(
+            f"cannot write the few-shot manifest '{path}' ({error.strerror}); the data root may be "
+            "read-only. Set data.cache_dir to a writable folder."
+        ) from error
+
+
+def _apply_manifest(data: ClassificationData, path: Path) -> ClassificationData:
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise PeftClipError(f"'{path}' is not a {MANIFEST_FORMAT} manifest.")
+    if manifest["source_split"]["sha256"] != source_sha256(data):
+        raise PeftClipError(
+            f"few-shot manifest '{path}' was drawn from a different version of the split of "
+            f"'{data.name}'; delete it to draw a new sample (numbers will then differ)."
+        )
+    splits = dict(data.splits)
+    identity = {label: label for label in range(len(data.classnames))}
+    for split in ("train", "val"):
+        if split not in manifest:
+            continue
+        index_of = {
+            _relative(file, data.image_root): i for i, (file, _) in enumerate(splits[split].samples)
+        }
+        positions = []
+        for relpath, label, classname in manifest[split]:
+            if relpath not in index_of or data.classnames[label] != classname:
+                raise PeftClipError(
+                    f"few-shot manifest '{path}' lists '{relpath}' ({classname}), which the "
+                    f"{split} split of '{data.name}' does not hold; delete the manifest."
+                )
+            positions.append(index_of[relpath])
+        splits[split] = splits[split].subset(positions, identity)
+    return replace(data, splits=splits)
 
 
 def base_new_split(data: ClassificationData, half: str) -> ClassificationData:
@@ -64,4 +169,4 @@ def base_new_split(data: ClassificationData, half: str) -> ClassificationData:
         for split, dataset in data.splits.items()
     }
     classnames = [data.classnames[label] for label in kept]
-    return ClassificationData(f"{data.name}:{half}", classnames, splits, data.templates)
+    return replace(data, name=f"{data.name}:{half}", classnames=classnames, splits=splits)

@@ -46,7 +46,7 @@ def build_image_folder(
                 "the folders; classes are never dropped silently."
             )
         splits[split] = LabeledImageFiles(samples)
-    return ClassificationData("image_folder", classnames, splits, [template])
+    return ClassificationData("image_folder", classnames, splits, [template], image_root=path)
 
 
 def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> ClassificationData:
@@ -89,7 +89,8 @@ def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> Cl
         splits[split] = LabeledImageFiles(
             [(file, label_of[label]) for file, label, _ in split_rows]
         )
-    return ClassificationData("csv", classnames, splits, [template])
+    csv_folder = path.parent if path.is_file() else path
+    return ClassificationData("csv", classnames, splits, [template], image_root=csv_folder)
 
 
 def _read_csv(file: Path) -> list[tuple[Path, str, int]]:

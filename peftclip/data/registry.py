@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
@@ -24,12 +25,17 @@ class ClassificationData:
         splits: ``train`` / ``val`` / ``test`` datasets yielding ``(image, label)``; absent
             splits are missing keys. Each has a settable ``transform`` attribute.
         templates: Default templates of the dataset (a single one for most datasets).
+        image_root: Folder that file paths are relative to in few-shot manifests (``None``
+            for datasets rendered in memory, which need no manifest).
+        split_file: The split file the lists were read from, when there is one.
     """
 
     name: str
     classnames: list[str]
     splits: dict[str, Dataset]
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
+    image_root: Path | None = None
+    split_file: Path | None = None
 
 
 DatasetBuilder = Callable[..., ClassificationData]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -29,6 +30,8 @@ class PeftClipDataModule(L.LightningDataModule):
         shots: Training images per class (Dassl sampler; val gets ``min(shots, 4)``); ``None``
             uses the full splits.
         seed: Seed of the few-shot sample.
+        cache_dir: Where few-shot manifests are kept (default ``<root>/.peftclip``; set it
+            for a read-only data root).
         subsample: ``all`` classes, or the ``base`` / ``new`` half (protocols.md §4), taken
             after few-shot sampling.
         train_transform: ``backbone`` (open_clip's training transform of the model), ``eval``
@@ -47,6 +50,7 @@ class PeftClipDataModule(L.LightningDataModule):
         options: dict[str, Any] | None = None,
         shots: int | None = None,
         seed: int = 1,
+        cache_dir: str | None = None,
         subsample: Literal["all", "base", "new"] = "all",
         train_transform: str = "backbone",
         eval_transform: str = "backbone",
@@ -61,6 +65,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.options = options or {}
         self.shots = shots
         self.seed = seed
+        self.cache_dir = cache_dir
         self.subsample = subsample
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -74,7 +79,8 @@ class PeftClipDataModule(L.LightningDataModule):
         if self._data is None:
             data = build_dataset(self.dataset_name, self.root, **self.options)
             if self.shots is not None:
-                data = few_shot(data, self.shots, self.seed)
+                cache = self.cache_dir or (Path(self.root) / ".peftclip" if self.root else None)
+                data = few_shot(data, self.shots, self.seed, cache)
             if self.subsample != "all":
                 data = base_new_split(data, self.subsample)
             self._data = data
