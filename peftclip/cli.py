@@ -18,6 +18,7 @@ usage:
   peftclip list     adapters|datasets|models                 what can be named in a recipe
   peftclip base2new --config RECIPE.yaml                     base-to-new protocol (one seed)
   peftclip data     check --root DATA [NAMES ...]            validate a CoOp-style data root
+  peftclip data     import-pkl --root DATA --dataset NAME PKL  Dassl few-shot pkl → manifest
   peftclip world    pretrain|evaluate [--help]               the embedded world CLIP
   peftclip SUBCOMMAND --help                                 every option of a subcommand
   peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             from peftclip.data.check import data_check_command
 
             return data_check_command(argv[2:])
+        if argv[:2] == ["data", "import-pkl"]:
+            from peftclip.data.dassl_pkl import import_pkl_command
+
+            return import_pkl_command(argv[2:])
         if argv[0] == "world":
             from peftclip.world.command import world_command
 

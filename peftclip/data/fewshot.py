@@ -56,21 +56,32 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def few_shot(
-    data: ClassificationData, shots: int, seed: int, cache_dir: Path | None = None
+    data: ClassificationData,
+    shots: int,
+    seed: int,
+    cache_dir: Path | None = None,
+    sampler: str = "dassl",
 ) -> ClassificationData:
     """``shots`` training images per class and ``min(shots, 4)`` validation images per class.
 
     One ``random.Random(seed)`` stream serves train then val, as in the anchors (which seed
     Python's global ``random`` once and sample train, then val). Test is untouched. With
     ``cache_dir``, file datasets reuse the JSON manifest of (dataset, shots, seed) or write it.
+    ``sampler="dassl-pkl"`` uses a manifest imported from Dassl's pkl (``peftclip data
+    import-pkl``).
     """
     if "train" not in data.splits:
         raise PeftClipError(f"few-shot sampling needs a train split; '{data.name}' has none.")
     path = None
     if cache_dir is not None and data.image_root is not None:
-        path = manifest_path(cache_dir, data.name, shots, seed)
+        path = manifest_path(cache_dir, data.name, shots, seed, sampler)
         if path.is_file():
             return _apply_manifest(data, path)
+    if sampler != "dassl":
+        raise PeftClipError(
+            f"no imported '{sampler}' manifest for {data.name}, {shots} shots, seed {seed} "
+            f"(looked for '{path}'). Import it with `peftclip data import-pkl`."
+        )
     rng = random.Random(seed)
     identity = {label: label for label in range(len(data.classnames))}
     splits = dict(data.splits)

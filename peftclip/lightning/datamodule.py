@@ -32,6 +32,8 @@ class PeftClipDataModule(L.LightningDataModule):
         seed: Seed of the few-shot sample.
         cache_dir: Where few-shot manifests are kept (default ``<root>/.peftclip``; set it
             for a read-only data root).
+        sampler: ``dassl`` (draw, or reuse the drawn manifest) or ``dassl-pkl`` (a manifest
+            imported from Dassl's pkl with ``peftclip data import-pkl``).
         subsample: ``all`` classes, or the ``base`` / ``new`` half (protocols.md §4), taken
             after few-shot sampling.
         train_transform: ``backbone`` (open_clip's training transform of the model), ``eval``
@@ -51,6 +53,7 @@ class PeftClipDataModule(L.LightningDataModule):
         shots: int | None = None,
         seed: int = 1,
         cache_dir: str | None = None,
+        sampler: Literal["dassl", "dassl-pkl"] = "dassl",
         subsample: Literal["all", "base", "new"] = "all",
         train_transform: str = "backbone",
         eval_transform: str = "backbone",
@@ -66,6 +69,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.shots = shots
         self.seed = seed
         self.cache_dir = cache_dir
+        self.sampler = sampler
         self.subsample = subsample
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -80,7 +84,7 @@ class PeftClipDataModule(L.LightningDataModule):
             data = build_dataset(self.dataset_name, self.root, **self.options)
             if self.shots is not None:
                 cache = self.cache_dir or (Path(self.root) / ".peftclip" if self.root else None)
-                data = few_shot(data, self.shots, self.seed, cache)
+                data = few_shot(data, self.shots, self.seed, cache, self.sampler)
             if self.subsample != "all":
                 data = base_new_split(data, self.subsample)
             self._data = data
