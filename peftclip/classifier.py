@@ -40,7 +40,7 @@ class PeftClipClassifier(nn.Module):
         self.templates = resolve_templates(templates)
         self.text_chunk_size = text_chunk_size
         self.text_cache = text_cache if text_cache is not None else TextFeatureCache()
-        self._eval_head: tuple[tuple[str, ...], torch.Tensor] | None = None
+        self._eval_head: tuple[tuple, torch.Tensor] | None = None
         for adapter in self.adapters:
             adapter.attach(backbone)
 
@@ -76,13 +76,13 @@ class PeftClipClassifier(nn.Module):
         class set and reused until :meth:`forget_text_features` (anchors recompute them for
         every test batch; the values are identical).
         """
-        classnames = tuple(classnames)
+        key = (tuple(classnames), tuple(self.templates))
         cacheable = not self.training and not self.image_conditioned
         device = self.backbone.model.logit_scale.device
-        if cacheable and self._eval_head is not None and self._eval_head[0] == classnames:
+        if cacheable and self._eval_head is not None and self._eval_head[0] == key:
             # The head is a plain tensor: after the module moves (Lightning's teardown puts it
             # back on the CPU) it follows lazily.
-            self._eval_head = (classnames, self._eval_head[1].to(device))
+            self._eval_head = (key, self._eval_head[1].to(device))
             return self._eval_head[1]
         prompts = prompts if prompts is not None else self.prompts()
         owner = self._owner("text_input")
@@ -99,7 +99,7 @@ class PeftClipClassifier(nn.Module):
         else:
             features = self._encode_text_input(text_input, prompts)
         if cacheable:
-            self._eval_head = (classnames, features)
+            self._eval_head = (key, features)
         return features
 
     def _encode_text_input(self, text_input: TextInput, prompts: Prompts) -> torch.Tensor:

@@ -43,3 +43,24 @@ def test_base2new_command_prints_the_table(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "base-to-new on world_colors" in out and "| coop" in out
+
+
+def test_extra_evaluation_datasets_get_their_own_heads_and_metrics(tmp_path):
+    from peftclip.backbone import load_backbone
+    from peftclip.lightning.cli import PeftClipCLI
+    from peftclip.world.evaluate import PHOTO_TEMPLATE, zero_shot_accuracy
+
+    cli = PeftClipCLI(args=[
+        "test", "--config", "recipes/quickstart.yaml", "--model.adapters", "[]",
+        "--data.shots", "null", "--data.eval_datasets", "[world_objects_sketch, world_shapes]",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    backbone = load_backbone("peftclip-world-tiny", pretrained="world")
+    for key, dataset in [
+        ("test/top1", "world_objects"),
+        ("test/world_objects_sketch/top1", "world_objects_sketch"),
+        ("test/world_shapes/top1", "world_shapes"),
+    ]:
+        expected = zero_shot_accuracy(backbone, dataset, PHOTO_TEMPLATE)
+        assert metrics[key].item() == pytest.approx(expected, abs=0.06), key

@@ -40,6 +40,9 @@ class PeftClipDataModule(L.LightningDataModule):
             (the evaluation transform: no augmentation), or a named transform of
             specs/datasets.md §5 (``dassl_train``, ``zscl_train``, ``openclip_train``).
         eval_transform: ``backbone`` or ``dassl_test`` / ``zscl_test``.
+        eval_datasets: Further datasets (same root) whose test splits ``test`` evaluates too,
+            each with a head of its own classes: ImageNet → variants (domain generalization),
+            one source → ten targets (cross-dataset).
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
@@ -57,6 +60,7 @@ class PeftClipDataModule(L.LightningDataModule):
         subsample: Literal["all", "base", "new"] = "all",
         train_transform: str = "backbone",
         eval_transform: str = "backbone",
+        eval_datasets: list[str] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -73,6 +77,8 @@ class PeftClipDataModule(L.LightningDataModule):
         self.subsample = subsample
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.eval_datasets = list(eval_datasets or [])
+        self._extra: dict[str, ClassificationData] = {}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -91,6 +97,14 @@ class PeftClipDataModule(L.LightningDataModule):
         return self._data
 
     @property
+    def test_sets(self) -> list[tuple[str, ClassificationData]]:
+        """The datasets ``test`` evaluates, in dataloader order: this one, then the extras."""
+        for name in self.eval_datasets:
+            if name not in self._extra:
+                self._extra[name] = build_dataset(name, self.root)
+        return [(self.dataset_name, self.data)] + [(n, self._extra[n]) for n in self.eval_datasets]
+
+    @property
     def classnames(self) -> list[str]:
         return self.data.classnames
 
@@ -99,13 +113,15 @@ class PeftClipDataModule(L.LightningDataModule):
         return self.data.templates
 
     def setup(self, stage: str) -> None:
-        for split in _STAGE_SPLITS.get(stage, ()):
-            if split not in self.data.splits or len(self.data.splits[split]) == 0:
-                found = ", ".join(f"{s} ({len(d)})" for s, d in self.data.splits.items()) or "none"
-                raise PeftClipError(
-                    f"`{stage}` needs the '{split}' split of dataset '{self.dataset_name}' "
-                    f"(root {self.root}), which is missing or empty; splits found: {found}."
-                )
+        datasets = self.test_sets if stage == "test" else [(self.dataset_name, self.data)]
+        for name, data in datasets:
+            for split in _STAGE_SPLITS.get(stage, ()):
+                if split not in data.splits or len(data.splits[split]) == 0:
+                    found = ", ".join(f"{s} ({len(d)})" for s, d in data.splits.items()) or "none"
+                    raise PeftClipError(
+                        f"`{stage}` needs the '{split}' split of dataset '{name}' (root "
+                        f"{self.root}), which is missing or empty; splits found: {found}."
+                    )
 
     def set_transforms(self, train: Callable, evaluation: Callable, image_size: int = 224) -> None:
         """Applies the transforms: ``train``/``evaluation`` are the backbone's own, used where
@@ -118,10 +134,13 @@ class PeftClipDataModule(L.LightningDataModule):
             train = build_transform(self.train_transform, image_size)
         for split, dataset in self.data.splits.items():
             dataset.transform = train if split == "train" else evaluation
+        for _, data in self.test_sets[1:]:
+            for dataset in data.splits.values():
+                dataset.transform = evaluation
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, data: ClassificationData | None = None):
         return DataLoader(
-            self.data.splits[split],
+            (data or self.data).splits[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -135,5 +154,6 @@ class PeftClipDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if "val" in self.data.splits else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader("test", shuffle=False, data=data) for _, data in self.test_sets]
+        return loaders if len(loaders) > 1 else loaders[0]

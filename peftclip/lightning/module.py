@@ -20,6 +20,16 @@ from peftclip.errors import PeftClipError
 CHECKPOINT_FORMAT = "peftclip-adapters/1"
 
 
+def _metrics(num_classes: int) -> MetricCollection:
+    # Papers report micro (per-sample) top-1; torchmetrics defaults to macro.
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, average="micro"),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
 class PeftClipModule(L.LightningModule):
     """A frozen CLIP with a set of adapters, trained and evaluated on one class set.
 
@@ -78,6 +88,7 @@ class PeftClipModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = label_smoothing
         self.classnames: list[str] = []
+        self.test_sets: list[tuple[str, list[str], list[str]]] = []
         self.metrics = torch.nn.ModuleDict()
 
     @property
@@ -94,6 +105,13 @@ class PeftClipModule(L.LightningModule):
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
         self.use_class_set(datamodule.classnames, self.user_templates or datamodule.templates)
+        # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
+        self.test_sets = [
+            (name, list(data.classnames), resolve_templates(self.user_templates or data.templates))
+            for name, data in datamodule.test_sets
+        ]
+        for index, (_, classnames, _) in enumerate(self.test_sets):
+            self.metrics[f"test{index}_metrics"] = _metrics(len(classnames)).to(self.device)
         datamodule.set_transforms(
             self.backbone.preprocess_train, self.backbone.preprocess_eval, self.backbone.image_size
         )
@@ -103,19 +121,10 @@ class PeftClipModule(L.LightningModule):
         self.classnames = list(classnames)
         self.classifier.templates = resolve_templates(templates)
         self.classifier.forget_text_features()
-        num_classes = len(self.classnames)
+        self.test_sets = []
+        # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
         self.metrics = torch.nn.ModuleDict(
-            {
-                f"{stage}_metrics": MetricCollection(
-                    {
-                        # Papers report micro (per-sample) top-1; torchmetrics defaults to macro.
-                        "top1": MulticlassAccuracy(num_classes, average="micro"),
-                        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-                    }
-                )
-                # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
-                for stage in ("train", "val", "test")
-            }
+            {f"{stage}_metrics": _metrics(len(self.classnames)) for stage in ("train", "val")}
         ).to(self.device)
 
     # ------------------------------------------------------------------------------- steps
@@ -123,6 +132,7 @@ class PeftClipModule(L.LightningModule):
         return self.classifier(images, self.classnames)
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
         images, labels = batch
         outputs = self(images)
         logits = outputs["logits"].float()
@@ -132,7 +142,8 @@ class PeftClipModule(L.LightningModule):
             if extra is not None:
                 loss = loss + extra
         self.metrics[f"{stage}_metrics"].update(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=len(labels))
+        name = "test" if stage.startswith("test") else stage
+        self.log(f"{name}/loss", loss, prog_bar=stage == "train", batch_size=len(labels))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -148,13 +159,15 @@ class PeftClipModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        _, classnames, templates = self.test_sets[dataloader_idx]
+        self.classnames, self.classifier.templates = classnames, templates
+        self._shared_step(batch, f"test{dataloader_idx}")
 
-    def _log_epoch_metrics(self, stage: str) -> None:
+    def _log_epoch_metrics(self, stage: str, prefix: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()
         # Percentages, as in the papers' tables.
-        self.log_dict({f"{stage}/{name}": 100 * value for name, value in values.items()})
+        self.log_dict({f"{prefix}/{name}": 100 * value for name, value in values.items()})
         self.metrics[f"{stage}_metrics"].reset()
 
     def on_train_epoch_start(self) -> None:
@@ -167,13 +180,17 @@ class PeftClipModule(L.LightningModule):
         self.classifier.forget_text_features()
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        self._log_epoch_metrics("train", "train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        self._log_epoch_metrics("val", "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        # The recipe's own dataset logs test/top1; extra datasets log test/<name>/top1.
+        for index, (name, _, _) in enumerate(self.test_sets):
+            self._log_epoch_metrics(f"test{index}", "test" if index == 0 else f"test/{name}")
+        _, classnames, templates = self.test_sets[0]
+        self.classnames, self.classifier.templates = classnames, templates
 
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
