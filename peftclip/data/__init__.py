@@ -1,6 +1,6 @@
 """Datasets: registry, readers, torch datasets."""
 
-from peftclip.data import coop_datasets, folders  # noqa: F401  (registers the built-in readers)
+from peftclip.data import coop_datasets, folders, mtil_extras  # noqa: F401  (registers readers)
 from peftclip.data.images import LabeledImageFiles, LabeledImageTensors
 from peftclip.data.registry import (
     SPLITS,
