@@ -1,6 +1,7 @@
 """Adapters: one module per method, a registry, composition rules."""
 
 from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.cocoop import CoCoOp
 from peftclip.adapters.coop import CoOp
 from peftclip.adapters.registry import (
     adapter_class_path,
@@ -11,6 +12,7 @@ from peftclip.adapters.registry import (
 
 __all__ = [
     "Adapter",
+    "CoCoOp",
     "CoOp",
     "Prompts",
     "TextInput",

@@ -21,7 +21,10 @@ CHECKPOINT_FORMAT = "peftclip-adapters/1"
 
 
 def _metrics(num_classes: int) -> MetricCollection:
-    # Papers report micro (per-sample) top-1; torchmetrics defaults to macro.
+    # Papers report micro (per-sample) top-1; torchmetrics defaults to macro. torchmetrics
+    # refuses a 1-class head (e.g. the new half of a 3-class dataset): top-1 is unaffected by
+    # a phantom second class, which is never predicted (metrics are fed the argmax).
+    num_classes = max(num_classes, 2)
     return MetricCollection(
         {
             "top1": MulticlassAccuracy(num_classes, average="micro"),
@@ -141,7 +144,7 @@ class PeftClipModule(L.LightningModule):
             extra = adapter.extra_loss(outputs)
             if extra is not None:
                 loss = loss + extra
-        self.metrics[f"{stage}_metrics"].update(logits, labels)
+        self.metrics[f"{stage}_metrics"].update(logits.argmax(dim=-1), labels)
         name = "test" if stage.startswith("test") else stage
         self.log(f"{name}/loss", loss, prog_bar=stage == "train", batch_size=len(labels))
         return loss
