@@ -99,3 +99,13 @@ def test_torchscript_archive_loads_like_openai_weights(tmp_path):
 def test_gelu_tag_on_a_quickgelu_config_is_refused_too():
     with pytest.raises(PeftClipError, match=r"trained with nn.GELU.*drop force_quick_gelu"):
         load_backbone("ViT-B-16", pretrained="laion2b_s34b_b88k", force_quick_gelu=True)
+
+
+def test_random_init_warning_only_when_no_weights_follow(caplog):
+    with caplog.at_level("WARNING"):
+        load_backbone(TINY)
+    assert "Model initialized randomly" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_backbone("peftclip-world-tiny", pretrained="world")
+    assert "Model initialized randomly" not in caplog.text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
@@ -73,7 +75,7 @@ def load_backbone(
     quick_gelu = bool(config.get("quick_gelu", False)) or force_quick_gelu
     checkpoint = _resolve_pretrained(model_name, pretrained, quick_gelu)
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(checkpoint is not None):
         torch.manual_seed(init_seed)
         model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
             model_name,
@@ -94,6 +96,23 @@ def load_backbone(
         preprocess_train=preprocess_train,
         preprocess_eval=preprocess_eval,
     )
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(weights_follow: bool):
+    """open_clip warns "Model initialized randomly" when built without weights; peftclip loads
+    local files itself right after, so the warning would be false there."""
+    root = logging.getLogger()
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    if weights_follow:
+        root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def get_tokenizer(model_name: str):

@@ -18,10 +18,10 @@ _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "pr
 
 
 class PeftClipDataModule(L.LightningDataModule):
-    """Serves one registered dataset.
+    """Serves one registered dataset (and, for ``test``, any extra evaluation datasets).
 
-    Images are transformed with the backbone's own open_clip preprocessing, handed over by
-    ``PeftClipModule`` at set-up (train transform for ``train``, eval transform otherwise).
+    ``PeftClipModule`` hands over the backbone's own open_clip transforms and input size at
+    set-up; the recipe picks them (``backbone``) or a named transform built at that size.
 
     Args:
         dataset: Registry name (``image_folder``, ``csv``, ``world_objects``, ...).
