@@ -10,12 +10,15 @@ from peftclip.lightning.cli import PeftClipCLI
 
 SHIPPED = [n for n in list_adapters() if get_adapter_class(n).__module__.startswith("peftclip.")]
 CLASSES = ["red", "green", "blue"]
+#: Settings that fit the 2-block tiny test model (defaults are the papers', e.g. 9 layers).
+TINY_SETTINGS = {"maple": {"prompt_depth": 2}}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_forward_backward_and_state_round_trip(tiny_backbone, name):
     torch.manual_seed(0)
-    first = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)()]).train()
+    settings = TINY_SETTINGS.get(name, {})
+    first = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)(**settings)]).train()
     images = torch.randn(2, 3, 32, 32)
     logits = first(images, CLASSES)["logits"]
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
@@ -24,7 +27,7 @@ def test_forward_backward_and_state_round_trip(tiny_backbone, name):
     assert not any(p.requires_grad for p in tiny_backbone.parameters())
 
     torch.manual_seed(1)  # a different init, then the saved state must restore the outputs
-    second = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)()])
+    second = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)(**settings)])
     second.adapters.load_state_dict(first.adapters.state_dict())
     with torch.no_grad():
         expected = first.eval()(images, CLASSES)["logits"]
@@ -38,18 +41,23 @@ def test_fast_dev_run_through_the_cli(tmp_path, name):
         "--model.optimizer", "SGD", "--model.optimizer.lr", "0.002",
         "--data.shots", "2", "--trainer.fast_dev_run", "true",
         "--trainer.default_root_dir", str(tmp_path),
+        *(f"--model.adapters.init_args.{k}={v}" for k, v in TINY_SETTINGS.get(name, {}).items()),
     ])  # fmt: skip
     assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
-@pytest.mark.parametrize("recipe", ["recipes/coop/base2new.yaml", "recipes/cocoop/base2new.yaml"])
-def test_method_recipes_smoke_run_on_a_fake_data_root(tmp_path, recipe, capsys):
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+def test_method_recipes_smoke_run_on_a_fake_data_root(tmp_path, method, capsys):
     from peftclip.cli import main
     from tests.test_coop_datasets import _zhou_tree
 
     _zhou_tree(tmp_path, "oxford_pets")
+    settings = [
+        f"--model.adapters.init_args.{k}={v}" for k, v in TINY_SETTINGS.get(method, {}).items()
+    ]
     code = main([
-        "base2new", "--config", recipe, "--data.root", str(tmp_path), "--data.shots", "1",
+        "base2new", "--config", f"recipes/{method}/base2new.yaml", *settings,
+        "--data.root", str(tmp_path), "--data.shots", "1",
         "--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained", "null",
         "--trainer.precision", "32-true", "--trainer.fast_dev_run", "true",
         "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path),

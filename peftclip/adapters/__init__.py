@@ -3,6 +3,7 @@
 from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
 from peftclip.adapters.cocoop import CoCoOp
 from peftclip.adapters.coop import CoOp
+from peftclip.adapters.maple import MaPLe
 from peftclip.adapters.registry import (
     adapter_class_path,
     get_adapter_class,
@@ -14,6 +15,7 @@ __all__ = [
     "Adapter",
     "CoCoOp",
     "CoOp",
+    "MaPLe",
     "Prompts",
     "TextInput",
     "adapter_class_path",
