@@ -11,7 +11,11 @@ from peftclip.lightning.cli import PeftClipCLI
 SHIPPED = [n for n in list_adapters() if get_adapter_class(n).__module__.startswith("peftclip.")]
 CLASSES = ["red", "green", "blue"]
 #: Settings that fit the 2-block tiny test model (defaults are the papers', e.g. 9 layers).
-TINY_SETTINGS = {"maple": {"prompt_depth": 2}}
+TINY_SETTINGS = {
+    "maple": {"prompt_depth": 2},
+    "ivlp": {"text_depth": 2, "vision_depth": 2},
+    "vpt_deep": {"vision_depth": 2},
+}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -46,7 +50,7 @@ def test_fast_dev_run_through_the_cli(tmp_path, name):
     assert cli.trainer.state.finished and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "ivlp", "vpt_deep"])
 def test_method_recipes_smoke_run_on_a_fake_data_root(tmp_path, method, capsys):
     from peftclip.cli import main
     from tests.test_coop_datasets import _zhou_tree

@@ -50,6 +50,19 @@ class MaPLe(CoOp):
                 f"'{backbone.identity.model_name}'."
             )
         text, vision = backbone.text_width, backbone.vision_width
+        self._text_context(backbone)
+        self.proj = nn.Linear(text, vision)
+        self.deep_text = nn.ParameterList(
+            nn.Parameter(torch.randn(self.n_ctx, text) * 0.02) for _ in range(self.prompt_depth - 1)
+        )
+        # The anchor deep-copies one Linear, so all J − 1 couplings start identical.
+        coupling = nn.Linear(text, vision)
+        self.deep_proj = nn.ModuleList(
+            copy.deepcopy(coupling) for _ in range(self.prompt_depth - 1)
+        )
+
+    def _text_context(self, backbone: FrozenClip) -> None:
+        """``ctx`` = the first ``n_ctx`` token embeddings of ``ctx_init`` (or N(0, 0.02²))."""
         if self.ctx_init:
             tokens = backbone.tokenize([self.ctx_init])
             available = int(backbone.pool_index(tokens)[0]) - 1
@@ -61,17 +74,8 @@ class MaPLe(CoOp):
             with torch.no_grad():
                 init = backbone.token_embeddings(tokens)[0, 1 : 1 + self.n_ctx].clone()
         else:
-            init = torch.randn(self.n_ctx, text) * 0.02
+            init = torch.randn(self.n_ctx, backbone.text_width) * 0.02
         self.ctx = nn.Parameter(init.float())
-        self.proj = nn.Linear(text, vision)
-        self.deep_text = nn.ParameterList(
-            nn.Parameter(torch.randn(self.n_ctx, text) * 0.02) for _ in range(self.prompt_depth - 1)
-        )
-        # The anchor deep-copies one Linear, so all J − 1 couplings start identical.
-        coupling = nn.Linear(text, vision)
-        self.deep_proj = nn.ModuleList(
-            copy.deepcopy(coupling) for _ in range(self.prompt_depth - 1)
-        )
 
     def prompts(self, backbone: FrozenClip) -> Prompts:
         deep_vision = [
