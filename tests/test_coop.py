@@ -6,6 +6,7 @@ import torch
 from peftclip.adapters import CoOp, get_adapter_class
 from peftclip.backbone import class_prompts, load_backbone
 from peftclip.classifier import PeftClipClassifier
+from peftclip.errors import PeftClipError
 
 CLASSES = ["sea_lion", "dog", "golden retriever"]
 
@@ -83,3 +84,32 @@ def _vit_b_16():
     if "backbone" not in _CACHE:
         _CACHE["backbone"] = load_backbone("ViT-B-16", init_seed=0)
     return _CACHE["backbone"]
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+def test_class_specific_context_gives_each_class_its_own_vectors(tiny_backbone, position):
+    coop = CoOp(n_ctx=4, csc=True, n_classes=3, class_token_position=position)
+    coop.attach(tiny_backbone)
+    assert coop.ctx.shape == (3, 4, tiny_backbone.text_width)
+    with torch.no_grad():
+        built = coop.text_input(tiny_backbone, CLASSES).embeddings
+    start = {"end": 1, "middle": 1, "front": None}[position]
+    if start is not None:  # the first context vector sits right after SOT
+        assert torch.equal(built[:, start], coop.ctx[:, 0])
+    with pytest.raises(PeftClipError, match="made for 3 classes and cannot classify 2"):
+        coop.text_input(tiny_backbone, CLASSES[:2])
+
+
+def test_class_specific_context_needs_the_class_count_and_yields_to_word_init(tiny_backbone):
+    with pytest.raises(PeftClipError, match="needs n_classes"):
+        CoOp(csc=True)
+    coop = CoOp(ctx_init="a photo of a", csc=True, n_classes=3)  # the anchor ignores CSC here
+    coop.attach(tiny_backbone)
+    assert coop.ctx.shape == (4, tiny_backbone.text_width)
+
+
+@pytest.mark.slow
+def test_class_specific_count_on_vit_b_16():
+    coop = CoOp(n_ctx=16, csc=True, n_classes=37)
+    coop.attach(_vit_b_16())
+    assert coop.ctx.numel() == 8_192 * 37
