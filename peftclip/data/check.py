@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from peftclip.data.registry import build_dataset
+from peftclip.data.registry import SPLITS, build_dataset
 from peftclip.errors import DatasetMissing, PeftClipError
 
 #: Classes and train / val / test images of each dataset (specs/datasets.md §1; ImageNet train
@@ -29,7 +29,6 @@ EXPECTED: dict[str, tuple[int, int | None, int | None, int | None]] = {
     "imagenet_a": (200, None, None, 7_500),
     "imagenet_r": (200, None, None, 30_000),
 }
-SPLITS = ("train", "val", "test")
 
 
 @dataclass

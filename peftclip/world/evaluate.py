@@ -16,6 +16,15 @@ from peftclip.world.shifts import SHIFTS
 #: Caption-style template (how pretraining text reads) and the downstream default template.
 CAPTION_TEMPLATE = "an image of a {}"
 PHOTO_TEMPLATE = "a photo of a {}."
+#: Caption-style template of each world task (how pretraining text would describe its classes).
+TASK_TEMPLATES = {
+    "world_objects": CAPTION_TEMPLATE,
+    "world_shapes": CAPTION_TEMPLATE,
+    "world_colors": "an image of a {} circle",
+    "world_backgrounds": "an image of a circle on a {}",
+    "world_counts": "an image of {}",
+    "world_sizes": "an image of a {}",
+}
 
 
 @torch.no_grad()
@@ -58,14 +67,15 @@ def model_card_numbers(backbone: FrozenClip) -> dict[str, float]:
         "unseen_pairs_20way": zero_shot_accuracy(
             backbone, "world_objects", CAPTION_TEMPLATE, classes=unseen
         ),
-        "shapes_10way": zero_shot_accuracy(backbone, "world_shapes", CAPTION_TEMPLATE),
-        "colors_8way": zero_shot_accuracy(backbone, "world_colors", "an image of a {} circle"),
-        "backgrounds_5way": zero_shot_accuracy(
-            backbone, "world_backgrounds", "an image of a circle on a {}"
-        ),
-        "counts_3way": zero_shot_accuracy(backbone, "world_counts", "an image of {}"),
-        "sizes_2way": zero_shot_accuracy(backbone, "world_sizes", "an image of a {}"),
     }
+    for task, label in (
+        ("world_shapes", "shapes_10way"),
+        ("world_colors", "colors_8way"),
+        ("world_backgrounds", "backgrounds_5way"),
+        ("world_counts", "counts_3way"),
+        ("world_sizes", "sizes_2way"),
+    ):
+        numbers[label] = zero_shot_accuracy(backbone, task, TASK_TEMPLATES[task])
     for shift in SHIFTS:
         numbers[f"objects_80way_{shift}"] = zero_shot_accuracy(
             backbone, f"world_objects_{shift}", CAPTION_TEMPLATE
@@ -93,14 +103,7 @@ def full_fine_tuning_forgetting(
     The forgetting probe of the model card: continual-learning methods need a model that
     measurably forgets. ``backbone`` is modified in place (unfrozen and trained).
     """
-    templates = {
-        "world_objects": CAPTION_TEMPLATE,
-        "world_shapes": CAPTION_TEMPLATE,
-        "world_colors": "an image of a {} circle",
-        "world_backgrounds": "an image of a circle on a {}",
-        "world_counts": "an image of {}",
-        "world_sizes": "an image of a {}",
-    }
+    templates = TASK_TEMPLATES
     tasks = (train_task, *held_out_tasks)
     before = {task: zero_shot_accuracy(backbone, task, templates[task]) for task in tasks}
     data = build_dataset(train_task, splits=("train",)).splits["train"]
