@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
-from peftclip.backbone import FrozenClip, TextFeatureCache, resolve_templates, zero_shot_head
+from peftclip.backbone import (
+    FrozenClip,
+    TextFeatureCache,
+    resolve_templates,
+    template_head,
+    zero_shot_head,
+)
 from peftclip.errors import PeftClipError
 
 
@@ -49,6 +55,11 @@ class PeftClipClassifier(nn.Module):
             if getattr(type(adapter), point) is not getattr(Adapter, point):
                 return adapter
         return None
+
+    @property
+    def text_tower_adapted(self) -> bool:
+        """Whether a weight-space adapter changes the text encoder (no frozen-feature cache)."""
+        return any("text" in getattr(a, "adapted_towers", ()) for a in self.adapters)
 
     @property
     def image_conditioned(self) -> bool:
@@ -93,9 +104,20 @@ class PeftClipClassifier(nn.Module):
                     "deep text prompts need an adapter that builds the text input (e.g. maple, "
                     "ivlp); this composition has deep text prompts but hand-crafted templates."
                 )
-            features = zero_shot_head(
-                self.backbone, classnames, self.templates, self.text_chunk_size, self.text_cache
-            )
+            if self.text_tower_adapted:
+                # Adapted text weights: recomputed (with gradients while training), never
+                # served from the cache of frozen features.
+                features = template_head(
+                    self.backbone, classnames, self.templates, self.text_chunk_size
+                )
+            else:
+                features = zero_shot_head(
+                    self.backbone,
+                    classnames,
+                    self.templates,
+                    self.text_chunk_size,
+                    self.text_cache,
+                )
         else:
             features = self._encode_text_input(text_input, prompts)
         if cacheable:

@@ -19,7 +19,10 @@ usage:
   peftclip base2new --config RECIPE.yaml                     base-to-new protocol (one seed)
   peftclip data     check --root DATA [NAMES ...]            validate a CoOp-style data root
   peftclip data     import-pkl --root DATA --dataset NAME PKL  Dassl few-shot pkl → manifest
+  peftclip data     mtil-manifest --root DATA --dataset NAME  MTIL 80/20 split → manifest
   peftclip world    pretrain|evaluate [--help]               the embedded world CLIP
+  peftclip export   --config RECIPE.yaml --ckpt_path CKPT --output FILE [--format peft]
+                                                             merged open_clip weights / peft
   peftclip SUBCOMMAND --help                                 every option of a subcommand
   peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
 
@@ -72,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             from peftclip.data.dassl_pkl import import_pkl_command
 
             return import_pkl_command(argv[2:])
+        if argv[:2] == ["data", "mtil-manifest"]:
+            from peftclip.data.mtil_splits import mtil_manifest_command
+
+            return mtil_manifest_command(argv[2:])
+        if argv[0] == "export":
+            from peftclip.export import export_command
+
+            return export_command(argv[1:])
         if argv[0] == "world":
             from peftclip.world.command import world_command
 

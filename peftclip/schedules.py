@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 class DasslCosine(LambdaLR):
@@ -36,3 +36,34 @@ class DasslCosine(LambdaLR):
             return at
 
         super().__init__(optimizer, [factor(i) for i in range(len(base_lrs))])
+
+
+class IterationCosine(LRScheduler):
+    """One cosine from ``lr₀`` to ``eta_min`` over the whole run, stepped every optimizer step.
+
+    ``lr(t) = eta_min + (lr₀ − eta_min) · (1 + cos(π t / T)) / 2`` — the closed form of
+    ``CosineAnnealingLR(T_max=T)`` (CLIP-SVD, CLIP-LoRA; specs/methods.md §1.8). With
+    ``total_steps`` left empty, T is the trainer's number of optimizer steps (epochs × batches
+    per epoch, or ``max_steps``), filled in by :class:`~peftclip.lightning.PeftClipModule`.
+    Use ``scheduler_interval: step``.
+
+    Args:
+        optimizer: The optimizer (its ``lr`` is ``lr₀``).
+        total_steps: T; ``None``: the length of the training run.
+        eta_min: The final learning rate.
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, total_steps: int | None = None, eta_min: float = 0.0
+    ) -> None:
+        self.total_steps = total_steps
+        self.eta_min = eta_min
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        t = self.last_epoch
+        if t > 0 and self.total_steps is None:
+            raise ValueError("IterationCosine needs total_steps (PeftClipModule sets it)")
+        progress = min(t / self.total_steps, 1.0) if t > 0 else 0.0
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+        return [self.eta_min + (base - self.eta_min) * factor for base in self.base_lrs]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import peftclip.adapters  # noqa: F401  (registers the shipped adapters)
-from peftclip.adapters import get_adapter_class, list_adapters
+from peftclip.adapters import WeightSpaceAdapter, get_adapter_class, list_adapters
+from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
 from peftclip.lightning.cli import PeftClipCLI
 
@@ -18,20 +19,30 @@ TINY_SETTINGS = {
 }
 
 
+def _backbone_for(name, shared):
+    """Weight-space adapters replace layers of the backbone they attach to: give them their own."""
+    if issubclass(get_adapter_class(name), WeightSpaceAdapter):
+        return load_backbone("peftclip-tiny-vit", init_seed=0)
+    return shared
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_forward_backward_and_state_round_trip(tiny_backbone, name):
     torch.manual_seed(0)
     settings = TINY_SETTINGS.get(name, {})
-    first = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)(**settings)]).train()
+    backbone = _backbone_for(name, tiny_backbone)
+    first = PeftClipClassifier(backbone, [get_adapter_class(name)(**settings)]).train()
     images = torch.randn(2, 3, 32, 32)
     logits = first(images, CLASSES)["logits"]
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
     trainable = [p for p in first.adapters.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for p in trainable)
-    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    adapter_tensors = {id(p) for p in trainable}
+    assert not any(p.requires_grad for p in backbone.parameters() if id(p) not in adapter_tensors)
 
     torch.manual_seed(1)  # a different init, then the saved state must restore the outputs
-    second = PeftClipClassifier(tiny_backbone, [get_adapter_class(name)(**settings)])
+    second_backbone = _backbone_for(name, tiny_backbone)
+    second = PeftClipClassifier(second_backbone, [get_adapter_class(name)(**settings)])
     second.adapters.load_state_dict(first.adapters.state_dict())
     with torch.no_grad():
         expected = first.eval()(images, CLASSES)["logits"]

@@ -164,3 +164,18 @@ def test_imagenet_a_and_r_use_a_head_of_their_own_classes(tmp_path, name, direct
     data = build_dataset(name, str(tmp_path))
     assert data.classnames == ["class 6", "class 42", "class 900"]
     assert [label for _, label in data.splits["test"].samples] == [0, 1, 2]
+
+
+def test_imagenet_a_masked1000_head_keeps_imagenet_labels(tmp_path):
+    root = tmp_path / "imagenet-adversarial"
+    _classnames_file(root / "classnames.txt")
+    for wnid in (WNIDS[900], WNIDS[6], WNIDS[42]):
+        _jpeg(root / "imagenet-a" / wnid / "0.jpg")
+    data = build_dataset("imagenet_a", str(tmp_path), head="masked1000")
+    assert data.name == "imagenet_a:masked1000"
+    assert len(data.classnames) == 1000 and data.classnames[42] == "class 42"
+    assert data.class_mask == [6, 42, 900]
+    assert [label for _, label in data.splits["test"].samples] == [6, 42, 900]
+    assert build_dataset("imagenet_a", str(tmp_path)).class_mask is None  # CoOp's 200-way head
+    with pytest.raises(PeftClipError, match="masked1000"):
+        build_dataset("imagenet_r", str(tmp_path), head="1000")

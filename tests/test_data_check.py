@@ -1,10 +1,15 @@
 """``peftclip data check`` reports each kind of fault and sets the exit code."""
 
+import hashlib
+import pickle
+
+import numpy as np
 import pytest
 
 import peftclip.data.check as check
 from peftclip.cli import main
 from tests.test_coop_datasets import _zhou_tree
+from tests.test_mtil_extras import _cifar, _idx
 
 
 @pytest.fixture
@@ -54,3 +59,110 @@ def test_absent_datasets_fail_only_when_named(pets_root, monkeypatch):
 def test_unknown_dataset_name_is_a_user_error(tmp_path, capsys):
     assert main(["data", "check", "--root", str(tmp_path), "petz"]) == 2
     assert "not petz" in capsys.readouterr().err
+
+
+# --- CIFAR100 and MNIST (torchvision formats, held in memory) ---------------------------------
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    _cifar(tmp_path)  # 6 train / 4 test images, 100 classes
+    monkeypatch.setitem(check.EXPECTED, "cifar100", (100, 6, None, 4))
+    directory = tmp_path / "cifar-100-python"
+    md5 = {f"cifar-100-python/{n}": _md5(directory / n) for n in ("train", "test", "meta")}
+    monkeypatch.setitem(check.OFFICIAL_MD5, "cifar100", md5)
+    return tmp_path
+
+
+@pytest.fixture
+def mnist_root(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    _idx(raw / "train-images-idx3-ubyte", images)
+    _idx(raw / "train-labels-idx1-ubyte", np.array([0, 1, 2]))
+    _idx(raw / "t10k-images-idx3-ubyte.gz", images[:2], compress=True)
+    _idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([7, 9]), compress=True)
+    monkeypatch.setitem(check.EXPECTED, "mnist", (10, 3, None, 2))
+    return tmp_path
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_complete_cifar100_and_mnist_pass(cifar_root, mnist_root, capsys):
+    assert check.check_dataset("cifar100", str(cifar_root)).status == "ok"
+    result = check.check_dataset("mnist", str(mnist_root))
+    assert result.status == "ok" and result.counts == {"train": 3, "test": 2}
+    assert main(["data", "check", "--root", str(mnist_root), "mnist"]) == 0
+
+
+def test_cifar100_and_mnist_counts_are_the_official_ones(cifar_root, mnist_root, monkeypatch):
+    monkeypatch.setitem(check.EXPECTED, "cifar100", (100, 50_000, None, 10_000))
+    monkeypatch.setitem(check.EXPECTED, "mnist", (10, 60_000, None, 10_000))
+    cifar = check.check_dataset("cifar100", str(cifar_root))
+    assert cifar.problems == ["train: 6 images, expected 50000", "test: 4 images, expected 10000"]
+    mnist = check.check_dataset("mnist", str(mnist_root))
+    assert "train: 3 images, expected 60000" in mnist.problems
+
+
+def test_cifar100_file_that_torchvision_would_refuse_is_named(cifar_root, monkeypatch):
+    official = dict(check.OFFICIAL_MD5["cifar100"], **{"cifar-100-python/test": "f0ef6b0a"})
+    monkeypatch.setitem(check.OFFICIAL_MD5, "cifar100", official)
+    result = check.check_dataset("cifar100", str(cifar_root))
+    assert result.status == "problem" and len(result.problems) == 1
+    assert "cifar-100-python/test' differs from the official file" in result.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "test").unlink(), "test' is missing; extract cifar-100-python.tar.gz"),
+        (lambda d: (d / "train").write_bytes(b"\x80\x04truncated"), "not a readable CIFAR-100"),
+        (
+            lambda d: (d / "meta").write_bytes(pickle.dumps({"coarse_label_names": []})),
+            "has no 'fine_label_names' entry",
+        ),
+        (
+            lambda d: (d / "test").write_bytes(
+                pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": [1]})
+            ),
+            "one 3072-byte row per label",
+        ),
+    ],
+)
+def test_damaged_cifar100_files_are_named(cifar_root, damage, message):
+    damage(cifar_root / "cifar-100-python")
+    result = check.check_dataset("cifar100", str(cifar_root))
+    assert result.status == "problem" and message in result.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: (r / "train-labels-idx1-ubyte").unlink(), "(or its .gz) is missing"),
+        (
+            lambda r: (r / "train-images-idx3-ubyte").write_bytes(
+                (r / "train-images-idx3-ubyte").read_bytes()[:-10]
+            ),
+            "is truncated or damaged",
+        ),
+        (lambda r: (r / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip"), "cannot read"),
+        (
+            lambda r: _idx(r / "train-labels-idx1-ubyte", np.array([0, 1])),
+            "one 28×28 image per label",
+        ),
+    ],
+)
+def test_damaged_mnist_files_are_named(mnist_root, damage, message):
+    damage(mnist_root / "MNIST" / "raw")
+    result = check.check_dataset("mnist", str(mnist_root))
+    assert result.status == "problem" and message in result.problems[0]
+    assert main(["data", "check", "--root", str(mnist_root), "mnist"]) == 1
+
+
+def test_absent_cifar100_and_mnist_are_missing_not_failing(tmp_path):
+    for name, folder in (("cifar100", "cifar-100-python"), ("mnist", "MNIST/raw")):
+        result = check.check_dataset(name, str(tmp_path))
+        assert result.status == "missing" and result.problems == [f"no folder {tmp_path / folder}"]

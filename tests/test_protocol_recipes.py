@@ -1,15 +1,29 @@
-"""The domain-generalization and cross-dataset recipes run on a fake data root (smoke)."""
+"""The few-shot, domain-generalization and cross-dataset recipes run on a fake data root (smoke):
+fit one step, then ``test`` from the checkpoint, with a metric for every evaluated dataset."""
+
+from pathlib import Path
 
 import pytest
+import yaml
 
 from peftclip.cli import main
 from peftclip.data.coop_datasets import ZHOU_LAYOUTS
 from peftclip.lightning.cli import PeftClipCLI
+from tests.test_adapter_matrix import TINY_SETTINGS
 from tests.test_coop_datasets import WNIDS, _classnames_file, _jpeg, _zhou_tree
 
+RECIPES = Path(__file__).parents[1] / "recipes"
+PROMPT_LEARNERS = ["coop", "cocoop", "maple", "ivlp", "vpt_deep"]
+#: The evaluation datasets each protocol's recipes list (specs/protocols.md §3, §5, §6).
+TARGETS = {
+    "fewshot": [],
+    "dg": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
+    "xd": [*sorted(ZHOU_LAYOUTS), "fgvc_aircraft"],
+}
 TINY = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained", "null",
         "--trainer.precision", "32-true", "--data.num_workers", "0", "--data.shots", "1",
-        "--trainer.enable_progress_bar", "false"]  # fmt: skip
+        "--data.eval_batch_size", "1", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +49,75 @@ def data_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(
-    ("recipe", "targets"),
-    [
-        ("recipes/coop/dg.yaml", ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]),
-        ("recipes/coop/xd.yaml", [*sorted(ZHOU_LAYOUTS), "fgvc_aircraft"]),
-    ],
-)
-def test_fit_then_test_on_every_target(data_root, tmp_path, recipe, targets):
-    common = [*TINY, "--data.root", str(data_root), "--trainer.default_root_dir", str(tmp_path)]
-    assert main(["fit", "--config", recipe, *common, "--trainer.max_steps", "1",
+def _config(recipe: Path) -> dict:
+    return yaml.safe_load(recipe.read_text())
+
+
+def _training(recipe: Path) -> dict:
+    """The recipe without what only ``test`` or the run directory use."""
+    config = _config(recipe)
+    config["data"].pop("eval_datasets", None)
+    config["trainer"].pop("default_root_dir", None)
+    return config
+
+
+def _tiny_args(recipe: Path, data_root: Path, run_dir: Path) -> list[str]:
+    """The tiny model on the fake root; depth-limited adapters get depths the 2 blocks allow."""
+    method = _config(recipe)["model"]["adapters"][0]["class_path"]
+    depths = TINY_SETTINGS.get(method, {})
+    return [*TINY, *(f"--model.adapters.init_args.{k}={v}" for k, v in depths.items()),
+            "--data.root", str(data_root), "--trainer.default_root_dir", str(run_dir)]  # fmt: skip
+
+
+def _fit_one_step(recipe: Path, args: list[str], run_dir: Path) -> Path:
+    assert main(["fit", "--config", str(recipe), *args, "--trainer.max_steps", "1",
                  "--trainer.limit_train_batches", "1"]) == 0  # fmt: skip
-    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"  # ModelCheckpoint(save_last) of the recipe
     assert checkpoint.is_file()
-    cli = PeftClipCLI(args=["test", "--config", recipe, *common, "--ckpt_path", str(checkpoint)])
-    metrics = cli.trainer.callback_metrics
-    assert "test/top1" in metrics
-    assert all(f"test/{name}/top1" in metrics for name in targets)
+    return checkpoint
+
+
+def _test_metrics(recipe: Path, args: list[str], checkpoint: Path) -> dict:
+    cli = PeftClipCLI(args=["test", "--config", str(recipe), *args, "--ckpt_path", str(checkpoint)])
+    return cli.trainer.callback_metrics
+
+
+def test_every_prompt_learner_has_a_recipe_per_protocol():
+    for method in PROMPT_LEARNERS:
+        for protocol in ("base2new", *TARGETS):
+            recipe = RECIPES / method / f"{protocol}.yaml"
+            assert recipe.is_file(), recipe
+            assert _config(recipe)["model"]["adapters"][0]["class_path"] == method
+            evaluated = _config(recipe)["data"].get("eval_datasets", [])
+            assert sorted(evaluated) == sorted(TARGETS.get(protocol, [])), recipe
+        assert _training(RECIPES / method / "dg.yaml") == _training(RECIPES / method / "xd.yaml")
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(RECIPES.glob("*/fewshot.yaml")), ids=lambda path: path.parent.name
+)
+def test_fewshot_recipe_fits_then_tests_from_its_checkpoint(data_root, tmp_path, recipe):
+    args = _tiny_args(recipe, data_root, tmp_path)
+    checkpoint = _fit_one_step(recipe, args, tmp_path)
+    assert "test/top1" in _test_metrics(recipe, args, checkpoint)
+
+
+@pytest.mark.parametrize(
+    "method",
+    sorted({path.parent.name for name in ("dg", "xd") for path in RECIPES.glob(f"*/{name}.yaml")}),
+)
+def test_imagenet_recipes_fit_then_test_every_target(data_root, tmp_path, method):
+    """dg.yaml and xd.yaml of a method train on ImageNet; where they train alike (protocols.md
+    §6.1: the same checkpoints), one fit serves both tests."""
+    fitted: dict[str, Path] = {}  # training config -> checkpoint
+    for recipe in (RECIPES / method / f"{name}.yaml" for name in ("dg", "xd")):
+        if not recipe.is_file():
+            continue
+        run_dir = tmp_path / recipe.stem
+        args = _tiny_args(recipe, data_root, run_dir)
+        training = yaml.safe_dump(_training(recipe), sort_keys=True)
+        if training not in fitted:
+            fitted[training] = _fit_one_step(recipe, args, run_dir)
+        metrics = _test_metrics(recipe, args, fitted[training])
+        assert "test/top1" in metrics
+        assert all(f"test/{name}/top1" in metrics for name in TARGETS[recipe.stem]), recipe

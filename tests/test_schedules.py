@@ -28,3 +28,36 @@ def test_two_epochs_is_one_effective_epoch():
 def test_invalid_length():
     with pytest.raises(ValueError):
         DasslCosine(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), max_epochs=0)
+
+
+def test_iteration_cosine_matches_cosine_annealing_and_fills_the_run_length():
+    from peftclip.schedules import IterationCosine
+
+    def lrs(make, steps):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+        scheduler = make(optimizer)
+        values = []
+        for _ in range(steps):
+            values.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    ours = lrs(lambda o: IterationCosine(o, total_steps=20, eta_min=1e-6), 20)
+    reference = lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 20, 1e-6), 20)
+    assert ours == pytest.approx(reference, rel=1e-9)
+    assert ours[0] == 5e-4 and ours[-1] > 1e-6
+
+
+def test_iteration_cosine_takes_the_trainer_length(tmp_path):
+    from peftclip.lightning.cli import PeftClipCLI
+
+    cli = PeftClipCLI(args=[
+        "fit", "--config", "recipes/zeroshot/tiny_random.yaml", "--model.adapters+=coop",
+        "--model.scheduler", "peftclip.schedules.IterationCosine",
+        "--data.shots", "2", "--trainer.max_steps", "3", "--trainer.enable_progress_bar",
+        "false", "--trainer.default_root_dir", str(tmp_path),
+    ])  # fmt: skip
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total_steps == 3 and scheduler.last_epoch == 3
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)

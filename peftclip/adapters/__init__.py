@@ -1,9 +1,12 @@
 """Adapters: one module per method, a registry, composition rules."""
 
 from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.clip_svd import ClipSVD
 from peftclip.adapters.cocoop import CoCoOp
+from peftclip.adapters.codyra import CoDyRA
 from peftclip.adapters.coop import CoOp
 from peftclip.adapters.ivlp import IVLP, VPTDeep
+from peftclip.adapters.lora import LoRA
 from peftclip.adapters.maple import MaPLe
 from peftclip.adapters.registry import (
     adapter_class_path,
@@ -11,16 +14,21 @@ from peftclip.adapters.registry import (
     list_adapters,
     register_adapter,
 )
+from peftclip.adapters.weight_space import WeightSpaceAdapter
 
 __all__ = [
     "IVLP",
     "Adapter",
+    "ClipSVD",
     "CoCoOp",
+    "CoDyRA",
     "CoOp",
+    "LoRA",
     "MaPLe",
     "Prompts",
     "TextInput",
     "VPTDeep",
+    "WeightSpaceAdapter",
     "adapter_class_path",
     "check_composition",
     "get_adapter_class",

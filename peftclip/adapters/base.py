@@ -52,12 +52,18 @@ class Adapter(nn.Module):
     * ◆ ``prompts(backbone)`` — deep text prompts, vision input prompts, deep vision prompts.
     * ``extra_loss(outputs)`` — a term added to the training loss.
     * ``after_optimizer_step(step)`` — e.g. a proximal step.
+    * ``summary()`` — scalars logged at the end of every training epoch and saved with the
+      checkpoint.
     """
 
     #: Registry name, set by :func:`peftclip.adapters.register_adapter`.
     name: ClassVar[str] = ""
     #: Whether ``text_input`` depends on the images (then text features are per image).
     image_conditioned: ClassVar[bool] = False
+    #: Attributes (parameters or modules) that the anchor implementation creates in CLIP's
+    #: own dtype: fp16 under ``precision_profile: anchor_fp16``, the rest stays fp32 (spec
+    #: methods.md §1.7). ``None``: the method has no anchor fp16 layout and refuses that profile.
+    clip_dtype_tensors: ClassVar[tuple[str, ...] | None] = None
 
     def attach(self, backbone: FrozenClip) -> None:
         """Called once when the adapter is put on ``backbone``."""
@@ -78,6 +84,10 @@ class Adapter(nn.Module):
 
     def after_optimizer_step(self, step: int) -> None:
         """Runs after every optimizer step (``step`` counts from 0)."""
+
+    def summary(self) -> dict[str, float]:
+        """Scalars worth logging and keeping in the checkpoint (e.g. live ranks per layer)."""
+        return {}
 
 
 EXCLUSIVE_POINTS = ("text_input", "prompts")

@@ -31,6 +31,7 @@ class CoCoOp(CoOp):
     """
 
     image_conditioned = True
+    clip_dtype_tensors = ("ctx", "meta_net")  # the anchor calls meta_net.half() under fp16
 
     def __init__(self, n_ctx: int = 4, ctx_init: str = "a photo of a") -> None:
         super().__init__(n_ctx=n_ctx, ctx_init=ctx_init, class_token_position="end")
@@ -55,7 +56,8 @@ class CoCoOp(CoOp):
             raise PeftClipError("CoCoOp builds prompts per image; it needs the image features.")
         tensors = self._class_tensors(backbone, classnames)
         prefix, suffix = tensors["prefix"], tensors["suffix"]
-        shift = self.meta_net(F.normalize(image_features.float(), dim=-1))  # (batch, width)
+        normalized = F.normalize(image_features.float(), dim=-1)
+        shift = self.meta_net(normalized.to(self.meta_net[0].weight.dtype))  # (batch, width)
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # (batch, M, width): same π per token
         batch, classes = len(ctx), len(prefix)
         embeddings = torch.cat(

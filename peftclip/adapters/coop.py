@@ -34,6 +34,8 @@ class CoOp(Adapter):
         n_classes: Number of classes of the dataset (needed with ``csc``).
     """
 
+    clip_dtype_tensors = ("ctx",)  # the anchor builds ctx in clip_model.dtype
+
     def __init__(
         self,
         n_ctx: int = 16,

@@ -51,6 +51,10 @@ class IVLP(MaPLe):
         ctx_init: Words whose first ``n_text`` token embeddings initialise the text context.
     """
 
+    # The anchor builds the layer-0 text ctx in clip_model.dtype; its per-block text and all
+    # vision prompts are fp32 parameters cast to fp16 where they enter the encoders.
+    clip_dtype_tensors = ("ctx",)
+
     def __init__(
         self,
         n_text: int = 2,
@@ -92,6 +96,8 @@ class VPTDeep(Adapter):
         n_vision: Prompt tokens per vision block (the paper's setting: 8).
         vision_depth: Vision blocks that receive prompts.
     """
+
+    clip_dtype_tensors = ()  # the anchor's VPT prompts are fp32, cast to fp16 at use
 
     def __init__(self, n_vision: int = 8, vision_depth: int = 12) -> None:
         super().__init__()

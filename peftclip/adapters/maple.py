@@ -33,6 +33,10 @@ class MaPLe(CoOp):
             frozen (the anchor's layout, kept as the method's definition).
     """
 
+    # The anchor builds ctx in clip_model.dtype and calls proj.half(); deep prompts and deep
+    # couplings are fp32 there, cast to fp16 where they enter the encoders.
+    clip_dtype_tensors = ("ctx", "proj")
+
     def __init__(self, n_ctx: int = 2, prompt_depth: int = 9, ctx_init: str = "a photo of a"):
         super().__init__(n_ctx=n_ctx, ctx_init=ctx_init, class_token_position="end")
         self.prompt_depth = prompt_depth

@@ -7,6 +7,7 @@ from peftclip.backbone.text import (
     TextFeatureCache,
     class_prompts,
     resolve_templates,
+    template_head,
     zero_shot_head,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "load_backbone",
     "resolve_templates",
     "split_attention",
+    "template_head",
     "weights_sha256",
     "zero_shot_head",
 ]

@@ -93,6 +93,9 @@ def split_attention(module: nn.Module) -> int:
         for name, child in parent.named_children()
         if isinstance(child, nn.MultiheadAttention)
     ]
-    for parent, name in targets:
-        setattr(parent, name, SplitAttention.from_multihead_attention(getattr(parent, name)))
+    # The new Linear layers' random init is overwritten at once; it must not consume the global
+    # generator, or an adapter's init would depend on whether a backbone was loaded before it.
+    with torch.random.fork_rng(devices=[]):
+        for parent, name in targets:
+            setattr(parent, name, SplitAttention.from_multihead_attention(getattr(parent, name)))
     return len(targets)

@@ -131,6 +131,17 @@ class FrozenClip(nn.Module):
     def context_length(self) -> int:
         return self.model.context_length
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the image stem weights (OpenAI's ``CLIP.dtype``); images are cast to it.
+
+        ``float32`` unless the weights were converted (``precision_profile: anchor_fp16``).
+        """
+        conv = getattr(self.model.visual, "conv1", None)
+        if isinstance(conv, nn.Conv2d):
+            return conv.weight.dtype
+        return self.model.transformer.get_cast_dtype()
+
     # ---------------------------------------------------------------------------------- text
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids ``(n, context_length)`` on the backbone's device."""
@@ -222,8 +233,8 @@ class FrozenClip(nn.Module):
                     f"vision prompts need a ViT image tower; '{self.identity.model_name}' has a "
                     f"{type(visual).__name__}. Use a ViT model or a text-only method."
                 )
-            return visual(images)
-        x = visual.conv1(images)
+            return visual(images.to(self.dtype))
+        x = visual.conv1(images.to(self.dtype))
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls_token = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls_token.to(x.dtype), x], dim=1)
@@ -250,7 +261,8 @@ class FrozenClip(nn.Module):
         ``text_features`` may be ``(classes, d)`` or per-image ``(batch, classes, d)``.
         """
         image = F.normalize(image_features, dim=-1)
-        text = F.normalize(text_features, dim=-1)
+        # A frozen template head is fp32 while fp16 weights give fp16 image features.
+        text = F.normalize(text_features, dim=-1).to(image.dtype)
         scores = torch.einsum("bd,bcd->bc", image, text) if text.dim() == 3 else image @ text.t()
         return self.logit_scale * scores
 

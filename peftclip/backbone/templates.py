@@ -36,11 +36,115 @@ IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
 #: ``IMAGENET_TEMPLATES`` (spec §6.3); taken from open_clip.
 IMAGENET_80_TEMPLATES: tuple[str, ...] = tuple(fn("{}") for fn in OPENAI_IMAGENET_TEMPLATES)
 
+#: ZSCL's per-dataset ensembles of the MTIL benchmark (spec §6.4), transcribed in order from
+#: ZSCL ``mtil/src/datasets/collections.py`` (the ``templates`` of each dataset class) and
+#: ``cifar10.py`` (``cifar10_template``, which ZSCL's ``CIFAR100`` uses). ZSCL trains with the
+#: first template and evaluates with the mean of all of them. Keys are ZSCL's dataset classes in
+#: snake case (``OxfordPet`` → ``oxford_pet``).
+MTIL_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "aircraft": (
+        "a photo of a {}, a type of aircraft.",
+        "a photo of the {}, a type of aircraft.",
+    ),
+    "caltech101": (
+        "a photo of a {}.",
+        "a painting of a {}.",
+        "a plastic {}.",
+        "a sculpture of a {}.",
+        "a sketch of a {}.",
+        "a tattoo of a {}.",
+        "a toy {}.",
+        "a rendition of a {}.",
+        "a embroidered {}.",
+        "a cartoon {}.",
+        "a {} in a video game.",
+        "a plushie {}.",
+        "a origami {}.",
+        "art of a {}.",
+        "graffiti of a {}.",
+        "a drawing of a {}.",
+        "a doodle of a {}.",
+        "a photo of the {}.",
+        "a painting of the {}.",
+        "the plastic {}.",
+        "a sculpture of the {}.",
+        "a sketch of the {}.",
+        "a tattoo of the {}.",
+        "the toy {}.",
+        "a rendition of the {}.",
+        "the embroidered {}.",
+        "the cartoon {}.",
+        "the {} in a video game.",
+        "the plushie {}.",
+        "the origami {}.",
+        "art of the {}.",
+        "graffiti of the {}.",
+        "a drawing of the {}.",
+        "a doodle of the {}.",
+    ),
+    "cifar100": (
+        "a photo of a {}.",
+        "a blurry photo of a {}.",
+        "a black and white photo of a {}.",
+        "a low contrast photo of a {}.",
+        "a high contrast photo of a {}.",
+        "a bad photo of a {}.",
+        "a good photo of a {}.",
+        "a photo of a small {}.",
+        "a photo of a big {}.",
+        "a photo of the {}.",
+        "a blurry photo of the {}.",
+        "a black and white photo of the {}.",
+        "a low contrast photo of the {}.",
+        "a high contrast photo of the {}.",
+        "a bad photo of the {}.",
+        "a good photo of the {}.",
+        "a photo of the small {}.",
+        "a photo of the big {}.",
+    ),
+    "dtd": (
+        "a photo of a {} texture.",
+        "a photo of a {} pattern.",
+        "a photo of a {} thing.",
+        "a photo of a {} object.",
+        "a photo of the {} texture.",
+        "a photo of the {} pattern.",
+        "a photo of the {} thing.",
+        "a photo of the {} object.",
+    ),
+    "eurosat": (
+        "a centered satellite photo of {}.",
+        "a centered satellite photo of a {}.",
+        "a centered satellite photo of the {}.",
+    ),
+    "flowers": ("a photo of a {}, a type of flower.",),
+    # With "a", unlike CoOp's "a photo of {}, a type of food.".
+    "food": ("a photo of a {}, a type of food.",),
+    "mnist": ('a photo of the number: "{}".',),
+    "oxford_pet": ("a photo of a {}, a type of pet.",),
+    "stanford_cars": (
+        "a photo of a {}, a type of car.",
+        "a photo of a {}.",
+        "a photo of the {}.",
+        "a photo of my {}.",
+        "i love my {}!",
+        "a photo of my dirty {}.",
+        "a photo of my clean {}.",
+        "a photo of my new {}.",
+        "a photo of my old {}.",
+    ),
+    "sun397": (
+        "a photo of a {}.",
+        "a photo of the {}.",
+    ),
+}
+
 #: Named template sets usable wherever templates are accepted (``templates: imagenet80``).
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "imagenet80": IMAGENET_80_TEMPLATES,
     "imagenet_select": IMAGENET_SELECT_TEMPLATES,
     **{f"coop:{name}": (template,) for name, template in COOP_TEMPLATES.items()},
+    **{f"mtil:{name}": templates for name, templates in MTIL_TEMPLATES.items()},
 }
 
 DEFAULT_TEMPLATE = "a photo of a {}."

@@ -55,7 +55,10 @@ class TextFeatureCache:
 
     @staticmethod
     def key(backbone: FrozenClip, templates: Sequence[str], classnames: Sequence[str]) -> str:
-        payload = json.dumps([backbone.identity.to_dict(), list(templates), list(classnames)])
+        identity = backbone.identity.to_dict()
+        if backbone.dtype != torch.float32:  # fp16 weights (anchor_fp16) give other features
+            identity["dtype"] = str(backbone.dtype)
+        payload = json.dumps([identity, list(templates), list(classnames)])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def get(self, key: str) -> torch.Tensor | None:
@@ -76,23 +79,19 @@ class TextFeatureCache:
             partial.replace(self.directory / f"{key}.pt")  # atomic: no torn file after a crash
 
 
-@torch.no_grad()
-def zero_shot_head(
+def template_head(
     backbone: FrozenClip,
     classnames: Sequence[str],
     templates: str | Sequence[str],
     chunk_size: int = 256,
-    cache: TextFeatureCache | None = None,
 ) -> torch.Tensor:
     """Normalized class text features ``(classes, embed_dim)`` from a template ensemble.
 
     Per class: mean of the L2-normalized features over templates, re-normalized (spec §2).
     Prompts are encoded ``chunk_size`` at a time so 1000 classes × 80 templates fit in memory.
+    Differentiable: weight-space adapters on the text tower train through it.
     """
     templates = resolve_templates(templates)
-    key = TextFeatureCache.key(backbone, templates, classnames) if cache is not None else None
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit.to(backbone.model.logit_scale.device)
     total = None
     for template in templates:
         prompts = class_prompts(classnames, template)
@@ -106,7 +105,23 @@ def zero_shot_head(
             ]
         ).float()
         total = features if total is None else total + features
-    head = F.normalize(total / len(templates), dim=-1)
+    return F.normalize(total / len(templates), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_head(
+    backbone: FrozenClip,
+    classnames: Sequence[str],
+    templates: str | Sequence[str],
+    chunk_size: int = 256,
+    cache: TextFeatureCache | None = None,
+) -> torch.Tensor:
+    """:func:`template_head` of the frozen CLIP, cached by (backbone, templates, class names)."""
+    templates = resolve_templates(templates)
+    key = TextFeatureCache.key(backbone, templates, classnames) if cache is not None else None
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit.to(backbone.model.logit_scale.device)
+    head = template_head(backbone, classnames, templates, chunk_size)
     if cache is not None:
         cache.put(key, head)
     return head

@@ -1,6 +1,11 @@
 """Datasets: registry, readers, torch datasets."""
 
-from peftclip.data import coop_datasets, folders, mtil_extras  # noqa: F401  (registers readers)
+from peftclip.data import (  # noqa: F401  (registers readers)
+    coop_datasets,
+    folders,
+    mtil_extras,
+    mtil_splits,
+)
 from peftclip.data.images import LabeledImageFiles, LabeledImageTensors
 from peftclip.data.registry import (
     SPLITS,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -28,6 +30,31 @@ EXPECTED: dict[str, tuple[int, int | None, int | None, int | None]] = {
     "imagenet_sketch": (1000, None, None, 50_889),
     "imagenet_a": (200, None, None, 7_500),
     "imagenet_r": (200, None, None, 30_000),
+    # MTIL extras (spec §7): official train / test.
+    "cifar100": (100, 50_000, None, 10_000),
+    "mnist": (10, 60_000, None, 10_000),
+    # MTIL random splits (spec §7): train = int(0.8 · N) of the whole set, N = 8,677 (Caltech101
+    # without BACKGROUND_Google), 27,000 (EuroSAT), 108,754 (SUN397). Checked only when named.
+    "mtil_caltech101": (101, 6_941, None, 1_736),
+    "mtil_eurosat": (10, 21_600, None, 5_400),
+    "mtil_sun397": (397, 87_003, None, 21_751),
+}
+
+
+def default_names() -> list[str]:
+    """The datasets checked when none is named: all but the MTIL split datasets, which need a
+    generated manifest and share their folders with CoOp's eurosat."""
+    return [name for name in EXPECTED if not name.startswith("mtil_")]
+
+
+#: MD5 sums of files that torchvision verifies before reading them (its CIFAR100 class, which
+#: ZSCL uses, refuses a file that does not match), by dataset and path under the root.
+OFFICIAL_MD5: dict[str, dict[str, str]] = {
+    "cifar100": {
+        "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+        "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "cifar-100-python/meta": "7973b15100ade9c7d40fb424638fde48",
+    },
 }
 
 
@@ -66,9 +93,20 @@ def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> 
             result.counts[split] = found
         if found != expected:
             result.problems.append(f"{split}: {found or 0} images, expected {expected or 0}")
-    if decode:
-        unreadable = [path for split in data.splits.values() for path, _ in split.samples
-                      if not _readable(path)]  # fmt: skip
+    for relpath, expected_md5 in OFFICIAL_MD5.get(name, {}).items():
+        path = Path(root).expanduser() / relpath
+        found_md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        if found_md5 != expected_md5:
+            result.problems.append(
+                f"'{path}' differs from the official file (md5 {found_md5}, "
+                f"expected {expected_md5}); torchvision (and so ZSCL) refuses it. Extract the "
+                "official archive again."
+            )
+    if decode:  # files only: in-memory datasets (CIFAR, MNIST) were fully parsed above
+        files = [
+            path for split in data.splits.values() for path, _ in getattr(split, "samples", [])
+        ]
+        unreadable = [path for path in files if not _readable(path)]
         if unreadable:
             shown = ", ".join(str(path) for path in unreadable[:limit])
             result.problems.append(f"{len(unreadable)} unreadable image(s): {shown}")
@@ -89,19 +127,21 @@ def _readable(path) -> bool:
 def data_check_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="peftclip data check",
-        description="Check a CoOp-style data root: presence, image counts per split against the "
-        "expected counts, class counts, unreadable images. Exit code 1 on any problem.",
+        description="Check a data root (CoOp layout, CIFAR100, MNIST; the MTIL split datasets "
+        "when named): presence, image counts per split against the expected counts, class "
+        "counts, file checksums, unreadable images. Exit code 1 on any problem.",
     )
     parser.add_argument("--root", required=True, help="the data root <DATA>")
     parser.add_argument(
-        "names", nargs="*", help=f"datasets (default: all of {', '.join(EXPECTED)})"
+        "names", nargs="*", help=f"datasets (default: all of {', '.join(default_names())})"
     )
     parser.add_argument("--no-decode", action="store_true", help="skip opening every image")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in EXPECTED]
     if unknown:
         raise PeftClipError(f"data check knows {', '.join(EXPECTED)}; not {', '.join(unknown)}.")
-    results = [check_dataset(n, args.root, not args.no_decode) for n in args.names or EXPECTED]
+    names = args.names or default_names()
+    results = [check_dataset(n, args.root, not args.no_decode) for n in names]
 
     from rich.console import Console
     from rich.table import Table

@@ -210,28 +210,54 @@ def read_imagenet_sketch(root: str | None = None) -> ClassificationData:
     )
 
 
+#: Scoring modes of ImageNet-A/-R (specs/datasets.md §8.1).
+SUBSET_HEADS = ("200", "masked1000")
+
+
 def read_imagenet_subset(
-    name: str, directory: str, folder: str, root: str | None = None
+    name: str, directory: str, folder: str, root: str | None = None, head: str = "200"
 ) -> ClassificationData:
-    """ImageNet-A / -R: 200 wnid folders, scored with a 200-way head over the sorted folders
-    (CoOp's mode; README.txt beside them is ignored)."""
+    """ImageNet-A / -R: 200 wnid folders (README.txt beside them is ignored).
+
+    Args:
+        head: ``200`` (CoOp): a 200-way head over the sorted folders, labels 0…199.
+            ``masked1000`` (ZSCL, after WiSE-FT's ``ImageNetSubsample``): the 1000 ImageNet
+            class names, labels in ImageNet's 1000-class space, and ``class_mask`` = the
+            ImageNet indices of the 200 classes, ascending; the head scores all 1000 classes
+            and predicts the argmax over the masked columns. The dataset is then named
+            ``<name>:masked1000`` so result records name the mode.
+    """
+    if head not in SUBSET_HEADS:
+        raise PeftClipError(
+            f"dataset '{name}' takes head '200' (CoOp: a head of its 200 classes) or "
+            f"'masked1000' (ZSCL: ImageNet's 1000-class head, masked); got '{head}'."
+        )
     path = _dataset_dir(root, directory, name)
-    pairs = dict(_imagenet_classnames(path, root))
+    pairs = _imagenet_classnames(path, root)
+    names = dict(pairs)
     base = path / folder
     if not base.is_dir():
         raise PeftClipError(f"'{base}' is missing. {_CHECK}")
     folders = class_folders(base)
-    unknown = [f.name for f in folders if f.name not in pairs]
+    unknown = [f.name for f in folders if f.name not in names]
     if unknown:
         raise PeftClipError(
             f"'{base}' has folders that are not ImageNet wnids: {', '.join(unknown[:5])}."
         )
+    template = [COOP_TEMPLATES[name]]
+    if head == "masked1000":
+        # ImageNet's label order: the sorted wnids (as read_imagenet labels its folders).
+        imagenet_label = {wnid: label for label, (wnid, _) in enumerate(sorted(pairs))}
+        label_of = {folder.name: imagenet_label[folder.name] for folder in folders}
+        samples = _folder_samples(folders, label_of)
+        classnames = [classname for _, classname in sorted(pairs)]
+        mask = sorted(label_of.values())
+        test = {"test": LabeledImageFiles(samples)}
+        return ClassificationData(f"{name}:masked1000", classnames, test, template, class_mask=mask)
     label_of = {folder.name: label for label, folder in enumerate(folders)}
-    classnames = [pairs[folder.name] for folder in folders]
+    classnames = [names[folder.name] for folder in folders]
     samples = _folder_samples(folders, label_of)
-    return ClassificationData(
-        name, classnames, {"test": LabeledImageFiles(samples)}, [COOP_TEMPLATES[name]]
-    )
+    return ClassificationData(name, classnames, {"test": LabeledImageFiles(samples)}, template)
 
 
 for _name in ZHOU_LAYOUTS:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peftclip.backbone.templates import MTIL_TEMPLATES
 from peftclip.data.images import LabeledImageTensors
 from peftclip.data.listing import existing_root
 from peftclip.data.registry import ClassificationData, register_dataset
@@ -43,12 +44,34 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _cifar_file(directory: Path, name: str) -> dict:
     path = directory / name
     if not path.is_file():
-        raise PeftClipError(f"'{path}' is missing; extract cifar-100-python.tar.gz there.")
-    with path.open("rb") as file:
-        content = _NumpyOnlyUnpickler(file, encoding="latin1").load()
+        raise PeftClipError(
+            f"'{path}' is missing; extract cifar-100-python.tar.gz into '{directory.parent}' "
+            "(it unpacks to cifar-100-python/{train,test,meta})."
+        )
+    try:
+        with path.open("rb") as file:
+            content = _NumpyOnlyUnpickler(file, encoding="latin1").load()
+    except PeftClipError:
+        raise
+    except Exception as error:  # a damaged pickle fails in many ways (EOFError, ValueError, …)
+        raise PeftClipError(
+            f"'{path}' is not a readable CIFAR-100 file ({type(error).__name__}: {error}); "
+            "extract cifar-100-python.tar.gz again."
+        ) from error
+    if not isinstance(content, dict):
+        raise PeftClipError(f"'{path}' does not hold a CIFAR-100 dictionary; extract it again.")
     return {
         key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()
     }
+
+
+def _cifar_entry(content: dict, key: str, path: Path):
+    if key not in content:
+        raise PeftClipError(
+            f"'{path}' has no '{key}' entry, so it is not CIFAR-100's file (a CIFAR-10 batch has "
+            "'labels' instead); extract cifar-100-python.tar.gz again."
+        )
+    return content[key]
 
 
 def read_cifar100(root: str | None = None) -> ClassificationData:
@@ -58,26 +81,46 @@ def read_cifar100(root: str | None = None) -> ClassificationData:
     )
     if not directory.is_dir():
         raise DatasetMissing(f"dataset 'cifar100' expects the folder '{directory}'.", directory)
-    classnames = list(_cifar_file(directory, "meta")["fine_label_names"])
+    meta = _cifar_file(directory, "meta")
+    classnames = list(_cifar_entry(meta, "fine_label_names", directory / "meta"))
     splits = {}
     for split in ("train", "test"):
         content = _cifar_file(directory, split)
-        pixels = np.asarray(content["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        rows = np.asarray(_cifar_entry(content, "data", directory / split), dtype=np.uint8)
+        labels = list(_cifar_entry(content, "fine_labels", directory / split))
+        if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or len(rows) != len(labels):
+            raise PeftClipError(
+                f"'{directory / split}' holds data of shape {rows.shape} and {len(labels)} labels; "
+                "CIFAR-100 has one 3072-byte row per label. Extract the archive again."
+            )
+        pixels = rows.reshape(-1, 3, 32, 32)
         images = torch.from_numpy(pixels.transpose(0, 2, 3, 1).copy())  # (n, H, W, RGB)
-        labels = torch.tensor(content["fine_labels"], dtype=torch.long)
-        splits[split] = LabeledImageTensors(images, labels)
-    return ClassificationData("cifar100", classnames, splits, ["a photo of a {}."])
+        splits[split] = LabeledImageTensors(images, torch.tensor(labels, dtype=torch.long))
+    # ZSCL trains with the first template of its ensemble (``templates: mtil:cifar100``).
+    return ClassificationData("cifar100", classnames, splits, [MTIL_TEMPLATES["cifar100"][0]])
 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        data = file.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise PeftClipError(f"'{path}' is not an unsigned-byte IDX file.")
+    try:
+        with opener(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError
+        raise PeftClipError(f"cannot read '{path}' ({error}); download it again.") from error
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise PeftClipError(f"'{path}' is not an unsigned-byte IDX file; download it again.")
     dims = data[3]
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise PeftClipError(f"'{path}' is truncated (its header is incomplete); download it again.")
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise PeftClipError(
+            f"'{path}' is truncated or damaged: its header announces {shape} = {expected} bytes "
+            f"of data, the file holds {len(data) - header}. Download it again."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def read_mnist(root: str | None = None) -> ClassificationData:
@@ -92,13 +135,21 @@ def read_mnist(root: str | None = None) -> ClassificationData:
             candidates = [raw / f"{stem}-{kind}-ubyte", raw / f"{stem}-{kind}-ubyte.gz"]
             path = next((c for c in candidates if c.is_file()), None)
             if path is None:
-                raise PeftClipError(f"'{candidates[0]}' (or .gz) is missing.")
+                raise PeftClipError(
+                    f"'{candidates[0]}' (or its .gz) is missing; put the four MNIST IDX files "
+                    f"into '{raw}', as torchvision's MNIST(root, download=True) does."
+                )
             arrays.append(_read_idx(path))
+        if arrays[0].ndim != 3 or arrays[1].ndim != 1 or len(arrays[0]) != len(arrays[1]):
+            raise PeftClipError(
+                f"the {stem} files in '{raw}' hold images of shape {arrays[0].shape} and labels "
+                f"of shape {arrays[1].shape}; MNIST has one 28×28 image per label. Download "
+                "them again."
+            )
         gray = torch.from_numpy(arrays[0].copy())
         images = gray.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous()  # grey → RGB
         splits[split] = LabeledImageTensors(images, torch.from_numpy(arrays[1].astype(np.int64)))
-    template = 'a photo of the number: "{}".'
-    return ClassificationData("mnist", MNIST_CLASSNAMES, splits, [template])
+    return ClassificationData("mnist", MNIST_CLASSNAMES, splits, [MTIL_TEMPLATES["mnist"][0]])
 
 
 register_dataset("cifar100", read_cifar100)

@@ -28,6 +28,9 @@ class ClassificationData:
         image_root: Folder that file paths are relative to in few-shot manifests (``None``
             for datasets rendered in memory, which need no manifest).
         split_file: The split file the lists were read from, when there is one.
+        class_mask: Labels the head may predict, when only some of ``classnames`` occur
+            (ZSCL's masked 1000-way scoring of ImageNet-A/-R): score with the head over all
+            ``classnames`` and take the argmax over these columns only. ``None``: all classes.
     """
 
     name: str
@@ -36,6 +39,7 @@ class ClassificationData:
     templates: list[str] = field(default_factory=lambda: [DEFAULT_TEMPLATE])
     image_root: Path | None = None
     split_file: Path | None = None
+    class_mask: list[int] | None = None
 
 
 DatasetBuilder = Callable[..., ClassificationData]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -16,6 +17,11 @@ from peftclip.adapters import Adapter
 from peftclip.backbone import BackboneSpec, TextFeatureCache, load_backbone, resolve_templates
 from peftclip.classifier import PeftClipClassifier
 from peftclip.errors import PeftClipError
+from peftclip.precision import (
+    PrecisionProfile,
+    apply_precision_profile,
+    check_trainer_precision,
+)
 
 CHECKPOINT_FORMAT = "peftclip-adapters/1"
 
@@ -50,6 +56,9 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss.
         text_chunk_size: Prompts per text-encoder call when building frozen class features.
         text_cache_dir: Directory for cached frozen text features (none: memory only).
+        precision_profile: ``modern`` (fp32 weights; mixed precision comes from the trainer) or
+            ``anchor_fp16`` (the CoOp family's fp16 layout; needs ``--trainer.precision
+            32-true``), see :mod:`peftclip.precision`.
     """
 
     def __init__(
@@ -63,6 +72,7 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: float = 0.0,
         text_chunk_size: int = 256,
         text_cache_dir: str | None = None,
+        precision_profile: PrecisionProfile = "modern",
     ) -> None:
         super().__init__()
         # The frozen CLIP stays in eval mode on purpose (methods.md §1.1); Lightning warns about
@@ -85,6 +95,10 @@ class PeftClipModule(L.LightningModule):
             text_chunk_size=text_chunk_size,
             text_cache=TextFeatureCache(text_cache_dir),
         )
+        apply_precision_profile(
+            self.classifier.backbone, self.classifier.adapters, precision_profile
+        )
+        self.precision_profile = precision_profile
         self.user_templates = templates
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -107,6 +121,7 @@ class PeftClipModule(L.LightningModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
+        check_trainer_precision(self.precision_profile, self.trainer.precision)
         self.use_class_set(datamodule.classnames, self.user_templates or datamodule.templates)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
         self.test_sets = [
@@ -138,6 +153,7 @@ class PeftClipModule(L.LightningModule):
         """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
         images, labels = batch
         outputs = self(images)
+        outputs["labels"] = labels  # extra losses may need them (e.g. CoDyRA's text→image term)
         logits = outputs["logits"].float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         for adapter in self.adapters:
@@ -184,6 +200,10 @@ class PeftClipModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train", "train")
+        for adapter in self.adapters:
+            summary = adapter.summary()
+            if summary:
+                self.log_dict({f"{adapter.name}/{key}": value for key, value in summary.items()})
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val", "val")
@@ -208,6 +228,8 @@ class PeftClipModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:  # IterationCosine over the whole run
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
@@ -233,6 +255,9 @@ class PeftClipModule(L.LightningModule):
             "format": CHECKPOINT_FORMAT,
             "backbone": self.backbone.identity.to_dict(),
             "adapters": [adapter.name or type(adapter).__name__ for adapter in self.adapters],
+            "precision_profile": self.precision_profile,
+            # Human-readable adapter state (e.g. CoDyRA's live ranks per layer).
+            "summaries": {adapter.name: adapter.summary() for adapter in self.adapters},
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -267,3 +292,12 @@ class PeftClipModule(L.LightningModule):
             )
         adapter_state = {key: value for key, value in state_dict.items() if key in expected}
         return super().load_state_dict(adapter_state, strict=False, assign=assign)
+
+    def load_adapter_checkpoint(self, path: str) -> None:
+        """Loads the adapters of a ``peftclip fit`` checkpoint (backbone identity checked)."""
+        if not Path(path).is_file():
+            raise PeftClipError(f"checkpoint {path} does not exist.")
+        # Lightning checkpoints hold plain containers besides tensors; they are our own files.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"])

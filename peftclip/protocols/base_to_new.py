@@ -73,7 +73,11 @@ def run_base_to_new(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    zero_shot = PeftClipModule(backbone=module.backbone_spec, templates=module.user_templates)
+    zero_shot = PeftClipModule(
+        backbone=module.backbone_spec,
+        templates=module.user_templates,
+        precision_profile=module.precision_profile,  # zero-shot CLIP in the same weight layout
+    )
     zero_shot_base = _evaluate(evaluator, zero_shot, base)
     zero_shot_new = _evaluate(evaluator, zero_shot, new)
     trainer.fit(module, datamodule=base)

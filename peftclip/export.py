@@ -1,0 +1,140 @@
+"""``peftclip export``: a trained weight-space adapter as plain CLIP weights or a peft adapter.
+
+* ``--format open_clip`` (default): merge every weight-space adapter into the Linear layers and
+  write the backbone in open_clip's own layout (attention fused back into ``in_proj`` /
+  ``out_proj``), loadable with ``open_clip.create_model(MODEL_NAME, pretrained=FILE)``.
+* ``--format peft``: write the LoRA tensors in peft's adapter format (``adapter_config.json`` +
+  ``adapter_model.safetensors``). Its module names are those of peftclip's split-attention
+  model (``transformer.resblocks.0.attn.q``), so it loads onto a peftclip backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from peftclip.adapters import Adapter, LoRA, WeightSpaceAdapter
+from peftclip.backbone import FrozenClip
+from peftclip.backbone.attention import SplitAttention
+from peftclip.errors import PeftClipError
+
+
+def merge_weight_space_adapters(adapters: Sequence[Adapter]) -> list[WeightSpaceAdapter]:
+    """Merges every weight-space adapter of a composition; refuses prompt adapters."""
+    prompt_adapters = [a.name for a in adapters if not isinstance(a, WeightSpaceAdapter)]
+    if prompt_adapters:
+        raise PeftClipError(
+            f"adapters {', '.join(prompt_adapters)} add prompts, which a plain CLIP checkpoint "
+            "cannot hold; only weight-space adapters (clip_svd, lora, codyra) export to "
+            "open_clip weights. Keep the peftclip adapter checkpoint for this composition."
+        )
+    merged = [a for a in adapters if isinstance(a, WeightSpaceAdapter)]
+    if not merged:
+        raise PeftClipError("nothing to export: the recipe has no weight-space adapter.")
+    for adapter in merged:
+        adapter.merge()
+    return merged
+
+
+def open_clip_state_dict(backbone: FrozenClip) -> dict[str, torch.Tensor]:
+    """The backbone's weights under open_clip's own names (fused attention projections).
+
+    Every adapted layer must be merged first (plain ``nn.Linear`` everywhere).
+    """
+    model = backbone.model
+    for name, module in model.named_modules():
+        if isinstance(module, SplitAttention):
+            parts = [module.q, module.k, module.v, module.o]
+        elif name.endswith(".mlp"):
+            parts = [module.c_fc, module.c_proj]
+        else:
+            continue
+        if any(type(part) is not nn.Linear for part in parts):
+            raise PeftClipError(f"layer {name} is still adapted: merge the adapters first.")
+    state = {}
+    for key, value in model.state_dict().items():
+        state[key] = value.detach().clone().contiguous()
+    for name, module in model.named_modules():
+        if not isinstance(module, SplitAttention):
+            continue
+        for kind in ("q", "k", "v", "o"):
+            for tensor in ("weight", "bias"):
+                del state[f"{name}.{kind}.{tensor}"]
+        state[f"{name}.in_proj_weight"] = torch.cat(
+            [module.q.weight, module.k.weight, module.v.weight]
+        )
+        state[f"{name}.in_proj_bias"] = torch.cat([module.q.bias, module.k.bias, module.v.bias])
+        state[f"{name}.out_proj.weight"] = module.o.weight.detach().clone()
+        state[f"{name}.out_proj.bias"] = module.o.bias.detach().clone()
+    return {key: value.detach().cpu().contiguous() for key, value in state.items()}
+
+
+def save_open_clip(backbone: FrozenClip, output: str | Path) -> Path:
+    """Writes the (merged) backbone as ``.safetensors`` (or a torch file for other suffixes)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    state = open_clip_state_dict(backbone)
+    partial = output.with_name(output.name + ".partial")
+    if output.suffix == ".safetensors":
+        save_file(state, str(partial))
+    else:
+        torch.save(state, partial)
+    partial.replace(output)  # atomic: never a torn checkpoint
+    return output
+
+
+def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
+    """Writes the composition's LoRA adapter in peft's format into the folder ``output``."""
+    loras = [a for a in adapters if isinstance(a, LoRA)]
+    if len(loras) != 1:
+        raise PeftClipError(
+            "--format peft exports a lora adapter; this recipe has "
+            f"{', '.join(a.name for a in adapters) or 'no adapters'}. Use --format open_clip."
+        )
+    (lora,) = loras
+    if lora.merged:
+        raise PeftClipError("unmerge the lora adapter before exporting it in peft's format.")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    lora.peft_config.save_pretrained(str(output))
+    state = {k: v.detach().cpu().contiguous() for k, v in lora.peft_state_dict().items()}
+    save_file(state, str(output / "adapter_model.safetensors"))
+    return output
+
+
+def export_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="peftclip export",
+        description="Export a trained adapter checkpoint as open_clip weights or a peft adapter. "
+        "Other options (--config RECIPE.yaml, --model.backbone.pretrained ...) describe the "
+        "model exactly as at training.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="adapter checkpoint of peftclip fit")
+    parser.add_argument(
+        "--output", required=True, help="file (open_clip; .safetensors or .pt) or folder (peft)"
+    )
+    parser.add_argument("--format", choices=["open_clip", "peft"], default="open_clip")
+    args, recipe = parser.parse_known_args(list(argv))
+    if not recipe:
+        parser.error("give the training recipe: --config RECIPE.yaml [overrides ...]")
+    from peftclip.lightning.cli import PeftClipCLI
+
+    model = PeftClipCLI(args=recipe, run=False).model
+    model.load_adapter_checkpoint(args.ckpt_path)
+    if args.format == "peft":
+        written = save_peft(model.adapters, args.output)
+    else:
+        merge_weight_space_adapters(model.adapters)
+        written = save_open_clip(model.backbone, args.output)
+    print(f"wrote {written}")
+    if args.format == "open_clip":
+        print(
+            f"load it with open_clip.create_model({model.backbone.identity.model_name!r}, "
+            f"pretrained={str(written)!r})"
+        )
+    return 0

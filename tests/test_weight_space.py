@@ -1,0 +1,194 @@
+"""Weight-space adapters (CLIP-SVD, LoRA, CoDyRA): identity at init, merge, counts, composition."""
+
+import pytest
+import torch
+from torch import nn
+
+from peftclip.adapters import ClipSVD, CoDyRA, CoOp, LoRA, MaPLe
+from peftclip.adapters.targets import find_targets
+from peftclip.backbone import load_backbone
+from peftclip.classifier import PeftClipClassifier
+from peftclip.errors import PeftClipError
+
+CLASSES = ["red square", "green circle", "blue star"]
+BUILDERS = {
+    "clip_svd": lambda: ClipSVD(),
+    "lora": lambda: LoRA(r=4, alpha=8, dropout=0.25),
+    "lora_rs": lambda: LoRA(r=2, alpha=1, scaling="alpha/sqrt(r)", layers=["q", "k", "v"]),
+    "codyra": lambda: CoDyRA(r=4),
+}
+
+
+@pytest.fixture
+def backbone():
+    """A fresh tiny CLIP per test: weight-space adapters replace its layers in place."""
+    return load_backbone("peftclip-tiny-vit", init_seed=0)
+
+
+def _logits(classifier, images):
+    with torch.no_grad():
+        return classifier.eval()(images, CLASSES)["logits"]
+
+
+def _perturb(adapter):
+    """Moves every trainable tensor away from its identity value (as training would)."""
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_identity_at_init(backbone, name):
+    images = torch.randn(3, 3, 32, 32)
+    frozen = _logits(PeftClipClassifier(load_backbone("peftclip-tiny-vit", init_seed=0)), images)
+    adapted = PeftClipClassifier(backbone, [BUILDERS[name]()])
+    assert torch.allclose(_logits(adapted, images), frozen, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_merged_equals_unmerged_and_unmerge_restores(backbone, name):
+    images = torch.randn(3, 3, 32, 32)
+    adapter = BUILDERS[name]()
+    classifier = PeftClipClassifier(backbone, [adapter])
+    _perturb(adapter)
+    adapted = _logits(classifier, images)
+    adapter.merge()
+    linears = [target.module for target in adapter.targets]
+    assert all(type(layer) is nn.Linear for layer in linears)  # plain layers: no overhead
+    assert torch.allclose(_logits(classifier, images), adapted, rtol=1e-5, atol=1e-5)
+    adapter.unmerge()
+    assert all(type(target.module) is not nn.Linear for target in adapter.targets)
+    assert torch.allclose(_logits(classifier, images), adapted, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_only_adapter_tensors_train_and_checkpoints_hold_only_them(backbone, name):
+    adapter = BUILDERS[name]()
+    classifier = PeftClipClassifier(backbone, [adapter]).train()
+    images = torch.randn(2, 3, 32, 32)
+    logits = classifier(images, CLASSES)["logits"]
+    nn.functional.cross_entropy(logits, torch.tensor([0, 2])).backward()
+    trainable = {id(p) for p in adapter.parameters()}
+    for parameter in classifier.parameters():
+        assert parameter.requires_grad == (id(parameter) in trainable)
+    state = adapter.state_dict()
+    frozen_numel = sum(p.numel() for p in backbone.parameters() if not p.requires_grad)
+    assert sum(v.numel() for v in state.values() if v.is_floating_point()) < frozen_numel / 2
+    assert all(".base" not in key and "U" not in key.split(".") for key in state)
+
+
+def test_svd_reconstructs_every_target_and_factorized_path_agrees(backbone):
+    originals = {t.key: t.module.weight.detach().clone() for t in find_targets(backbone)}
+    adapter = ClipSVD()
+    PeftClipClassifier(backbone, [adapter])
+    assert len(adapter.sites) == len(originals) == 2 * 2 * 6
+    for key, layer in adapter.sites.items():
+        x = torch.randn(5, layer.in_features)
+        weight = originals[key]
+        assert (layer.weight - weight).abs().max() <= 1e-5 * weight.abs().max()
+        layer.factorized = True
+        factorized = layer(x)
+        layer.factorized = False
+        assert torch.allclose(layer(x), factorized, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_scale_modes_and_out_projection_targeting(backbone):
+    adapter = LoRA(r=4, alpha=2, scaling="alpha/sqrt(r)", layers=["o"])
+    classifier = PeftClipClassifier(backbone, [adapter])
+    layer = adapter.targets[0].module
+    assert layer.scaling["default"] == pytest.approx(2 / 4**0.5)
+    images = torch.randn(2, 3, 32, 32)
+    before = _logits(classifier, images)
+    _perturb(adapter)
+    # o-only LoRA must change the outputs (peft's MultiheadAttention path makes it a no-op).
+    assert not torch.allclose(_logits(classifier, images), before, atol=1e-4)
+    assert LoRA(r=4, alpha=2).scaling == "alpha/r"
+
+
+def test_lora_dropout_runs_only_in_training(backbone):
+    adapter = LoRA(r=4, alpha=4, dropout=0.5)
+    classifier = PeftClipClassifier(backbone, [adapter])
+    _perturb(adapter)
+    images = torch.randn(2, 3, 32, 32)
+    classifier.train()
+    assert all(site.dropout.training for site in adapter.sites.values())
+    with torch.no_grad():
+        first, second = (classifier(images, CLASSES)["logits"] for _ in range(2))
+    assert not torch.allclose(first, second)
+    assert torch.equal(_logits(classifier, images), _logits(classifier, images))
+
+
+def test_two_weight_space_adapters_on_one_layer_fail_at_build_time(backbone):
+    with pytest.raises(PeftClipError, match="already adapted by clip_svd"):
+        PeftClipClassifier(backbone, [ClipSVD(layers=["q"]), LoRA(layers=["q", "v"])])
+
+
+def test_disjoint_weight_space_adapters_compose(backbone):
+    svd, lora = ClipSVD(towers="vision"), LoRA(r=2, towers="text")
+    PeftClipClassifier(backbone, [svd, lora])
+    assert {t.tower for t in svd.targets} == {"vision"}
+    assert {t.tower for t in lora.targets} == {"text"}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "weights"),
+    [(lambda: CoOp(n_ctx=4), lambda: LoRA(r=2)), (lambda: MaPLe(prompt_depth=2), ClipSVD)],
+)
+def test_prompt_plus_weight_space_trains_both_and_nothing_else(backbone, prompt, weights):
+    prompt_adapter, weight_adapter = prompt(), weights()
+    classifier = PeftClipClassifier(backbone, [prompt_adapter, weight_adapter]).train()
+    logits = classifier(torch.randn(2, 3, 32, 32), CLASSES)["logits"]
+    nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    for adapter in (prompt_adapter, weight_adapter):
+        # (LoRA's A gets a zero gradient at init, B = 0; every tensor still takes part.)
+        assert all(p.grad is not None for p in adapter.parameters())
+        assert sum(p.grad.abs().sum() for p in adapter.parameters()) > 0
+    adapter_ids = {id(p) for a in (prompt_adapter, weight_adapter) for p in a.parameters()}
+    assert all(id(p) in adapter_ids for p in classifier.parameters() if p.requires_grad)
+
+
+def test_text_features_follow_adapted_text_weights(backbone):
+    """A text-tower adapter must never be served the frozen model's cached text features."""
+    adapter = LoRA(r=2, towers="text")
+    classifier = PeftClipClassifier(backbone, [adapter]).eval()
+    with torch.no_grad():
+        before = classifier.text_features(CLASSES)
+        _perturb(adapter)
+        classifier.forget_text_features()
+        after = classifier.text_features(CLASSES)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_targets_select_towers_blocks_and_kinds(backbone):
+    targets = find_targets(backbone, "text", ["c_fc", "q"], [-1])
+    assert [t.key for t in targets] == ["text1_q", "text1_c_fc"]
+    assert targets[1].path == "transformer.resblocks.1.mlp.c_fc"
+    with pytest.raises(PeftClipError, match="block 5 does not exist"):
+        find_targets(backbone, "vision", ["q"], [5])
+    with pytest.raises(PeftClipError, match="unknown layer kinds"):
+        find_targets(backbone, "both", ["qkv"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (ClipSVD, 92_160),
+        (lambda: LoRA(r=2, alpha=1, scaling="alpha/sqrt(r)", layers=["q", "k", "v"]), 184_320),
+        (lambda: LoRA(r=16, alpha=16), 4_423_680),
+        (lambda: CoDyRA(r=16), 4_425_984),
+    ],
+)
+def test_trainable_counts_on_vit_b_16(build, expected, monkeypatch):
+    """Spec methods.md §12. The SVD itself is replaced by a shape-exact stand-in: 144
+    decompositions take minutes on a shared 2-core CPU, and its values are tested above."""
+
+    def shape_only_svd(weight, full_matrices=True):
+        k = min(weight.shape)
+        return weight[:, :k], weight.new_ones(k), weight[:k, :]
+
+    monkeypatch.setattr(torch.linalg, "svd", shape_only_svd)
+    adapter = build()
+    PeftClipClassifier(load_backbone("ViT-B-16", init_seed=0), [adapter])
+    assert sum(p.numel() for p in adapter.parameters() if p.requires_grad) == expected
+    assert len(adapter.targets) == 144 if expected != 184_320 else 72
