@@ -4,6 +4,7 @@ fit one step, then ``test`` from the checkpoint, with a metric for every evaluat
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from peftclip.cli import main
@@ -121,3 +122,27 @@ def test_imagenet_recipes_fit_then_test_every_target(data_root, tmp_path, method
         metrics = _test_metrics(recipe, args, fitted[training])
         assert "test/top1" in metrics
         assert all(f"test/{name}/top1" in metrics for name in TARGETS[recipe.stem]), recipe
+
+
+def test_masked_1000_way_imagenet_a_scores_inside_its_200_classes(data_root, tmp_path):
+    """ZSCL's scoring: ImageNet's 1000-class head, predictions restricted to the 200 classes."""
+    masked = "{dataset: imagenet_a, options: {head: masked1000}}"
+    cli = PeftClipCLI(args=[
+        "test", "--config", "recipes/zeroshot/tiny_random.yaml", *TINY[:4],
+        "--data.dataset", "imagenet", "--data.root", str(data_root),
+        "--data.eval_datasets", f"[imagenet_a, {masked}]", "--data.num_workers", "0",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    # Same class names and templates for the 200 classes: the masked head must agree exactly.
+    assert metrics["test/imagenet_a:masked1000/top1"] == metrics["test/imagenet_a/top1"]
+    module = cli.model
+    test_set = module.test_sets[2]
+    assert len(test_set.classnames) == 1000 and test_set.class_mask == [WNIDS.index(WNIDS[2])]
+    module._point_at(test_set)
+    with torch.no_grad():
+        logits = module.eval()(torch.randn(8, 3, 32, 32))["logits"]
+        unmasked = module.classifier(torch.randn(8, 3, 32, 32), module.classnames)["logits"]
+    assert set(logits.argmax(-1).tolist()) <= set(test_set.class_mask)
+    assert torch.isinf(logits).sum() == 8 * 999
+    assert not set(unmasked.argmax(-1).tolist()) <= set(test_set.class_mask)  # mask matters

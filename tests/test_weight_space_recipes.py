@@ -39,3 +39,20 @@ def test_base2new_recipe_smoke_runs(data_root, tmp_path, method, capsys):
                  "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
     assert code == 0
     assert "base-to-new on oxford_pets" in capsys.readouterr().out
+
+
+def test_fp16_autocast_without_scaler_for_the_clip_svd_anchor(tmp_path):
+    """Quirk §13.2: CLIP-SVD's reference trains under fp16 autocast with no gradient scaler."""
+    cli = PeftClipCLI(args=[
+        "fit", "--config", "recipes/zeroshot/tiny_random.yaml", "--model.adapters+=clip_svd",
+        "--data.shots", "2", "--trainer.max_steps", "2", "--trainer.precision", "null",
+        "--trainer.plugins",
+        "[{class_path: peftclip.lightning.UnscaledMixedPrecision, init_args: {device: cpu}}]",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    plugin = cli.trainer.precision_plugin
+    assert cli.trainer.global_step == 2 and not plugin.scaler.is_enabled()
+    layer = next(iter(cli.model.adapters[0].sites.values()))
+    with plugin.forward_context():
+        assert layer(torch.randn(2, layer.in_features)).dtype == torch.float16
+    assert layer.s.dtype == torch.float32  # parameters stay fp32 (autocast, not conversion)

@@ -1,6 +1,7 @@
-"""The Lightning layer: module, datamodule, command line."""
+"""The Lightning layer: module, datamodule, precision plugins, command line."""
 
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
+from peftclip.lightning.precision import UnscaledMixedPrecision
 
-__all__ = ["PeftClipDataModule", "PeftClipModule"]
+__all__ = ["PeftClipDataModule", "PeftClipModule", "UnscaledMixedPrecision"]

@@ -42,7 +42,9 @@ class PeftClipDataModule(L.LightningDataModule):
         eval_transform: ``backbone`` or ``dassl_test`` / ``zscl_test``.
         eval_datasets: Further datasets (same root) whose test splits ``test`` evaluates too,
             each with a head of its own classes: ImageNet → variants (domain generalization),
-            one source → ten targets (cross-dataset).
+            one source → ten targets (cross-dataset). An entry is a registry name or
+            ``{dataset: NAME, options: {...}}`` (e.g. ImageNet-A with ``head: masked1000``);
+            metrics are logged under the dataset's name.
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
@@ -60,7 +62,7 @@ class PeftClipDataModule(L.LightningDataModule):
         subsample: Literal["all", "base", "new"] = "all",
         train_transform: str = "backbone",
         eval_transform: str = "backbone",
-        eval_datasets: list[str] | None = None,
+        eval_datasets: list[str | dict[str, Any]] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -78,7 +80,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.eval_datasets = list(eval_datasets or [])
-        self._extra: dict[str, ClassificationData] = {}
+        self._extra: list[ClassificationData] | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -99,10 +101,9 @@ class PeftClipDataModule(L.LightningDataModule):
     @property
     def test_sets(self) -> list[tuple[str, ClassificationData]]:
         """The datasets ``test`` evaluates, in dataloader order: this one, then the extras."""
-        for name in self.eval_datasets:
-            if name not in self._extra:
-                self._extra[name] = build_dataset(name, self.root)
-        return [(self.dataset_name, self.data)] + [(n, self._extra[n]) for n in self.eval_datasets]
+        if self._extra is None:
+            self._extra = [_build_eval_dataset(entry, self.root) for entry in self.eval_datasets]
+        return [(self.dataset_name, self.data)] + [(data.name, data) for data in self._extra]
 
     @property
     def classnames(self) -> list[str]:
@@ -157,3 +158,15 @@ class PeftClipDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._loader("test", shuffle=False, data=data) for _, data in self.test_sets]
         return loaders if len(loaders) > 1 else loaders[0]
+
+
+def _build_eval_dataset(entry: str | dict[str, Any], root: str | None) -> ClassificationData:
+    if isinstance(entry, str):
+        return build_dataset(entry, root)
+    unknown = set(entry) - {"dataset", "options"}
+    if "dataset" not in entry or unknown:
+        raise PeftClipError(
+            f"data.eval_datasets entry {entry} must be a dataset name or "
+            "{dataset: NAME, options: {...}}."
+        )
+    return build_dataset(entry["dataset"], root, **(entry.get("options") or {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,24 @@ from peftclip.precision import (
 )
 
 CHECKPOINT_FORMAT = "peftclip-adapters/1"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A dataset ``test`` evaluates: its head (class names, templates) and optional mask."""
+
+    name: str
+    classnames: list[str]
+    templates: list[str]
+    class_mask: list[int] | None = None
+
+
+def _mask_tensor(class_mask: list[int] | None, num_classes: int) -> torch.Tensor | None:
+    if class_mask is None:
+        return None
+    mask = torch.zeros(num_classes, dtype=torch.bool)
+    mask[torch.as_tensor(class_mask, dtype=torch.long)] = True
+    return mask
 
 
 def _metrics(num_classes: int) -> MetricCollection:
@@ -105,7 +124,8 @@ class PeftClipModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = label_smoothing
         self.classnames: list[str] = []
-        self.test_sets: list[tuple[str, list[str], list[str]]] = []
+        self.class_mask: torch.Tensor | None = None
+        self.test_sets: list[EvalSet] = []
         self.metrics = torch.nn.ModuleDict()
 
     @property
@@ -122,21 +142,38 @@ class PeftClipModule(L.LightningModule):
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
         check_trainer_precision(self.precision_profile, self.trainer.precision)
-        self.use_class_set(datamodule.classnames, self.user_templates or datamodule.templates)
+        main = datamodule.data
+        self.use_class_set(main.classnames, self.user_templates or main.templates, main.class_mask)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
         self.test_sets = [
-            (name, list(data.classnames), resolve_templates(self.user_templates or data.templates))
+            EvalSet(
+                name,
+                list(data.classnames),
+                resolve_templates(self.user_templates or data.templates),
+                data.class_mask,
+            )
             for name, data in datamodule.test_sets
         ]
-        for index, (_, classnames, _) in enumerate(self.test_sets):
-            self.metrics[f"test{index}_metrics"] = _metrics(len(classnames)).to(self.device)
+        for index, test_set in enumerate(self.test_sets):
+            metrics = _metrics(len(test_set.classnames)).to(self.device)
+            self.metrics[f"test{index}_metrics"] = metrics
         datamodule.set_transforms(
             self.backbone.preprocess_train, self.backbone.preprocess_eval, self.backbone.image_size
         )
 
-    def use_class_set(self, classnames: list[str], templates: str | list[str]) -> None:
-        """Points the classification head at ``classnames`` (metrics are rebuilt to match)."""
+    def use_class_set(
+        self,
+        classnames: list[str],
+        templates: str | list[str],
+        class_mask: list[int] | None = None,
+    ) -> None:
+        """Points the classification head at ``classnames`` (metrics are rebuilt to match).
+
+        ``class_mask``: the only labels the head may predict (ZSCL's masked 1000-way scoring of
+        ImageNet-A/-R); the other columns get −∞.
+        """
         self.classnames = list(classnames)
+        self.class_mask = _mask_tensor(class_mask, len(self.classnames))
         self.classifier.templates = resolve_templates(templates)
         self.classifier.forget_text_features()
         self.test_sets = []
@@ -147,7 +184,11 @@ class PeftClipModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------- steps
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.classifier(images, self.classnames)
+        outputs = self.classifier(images, self.classnames)
+        if self.class_mask is not None:
+            mask = self.class_mask.to(outputs["logits"].device)
+            outputs["logits"] = outputs["logits"].masked_fill(~mask, float("-inf"))
+        return outputs
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
@@ -179,9 +220,12 @@ class PeftClipModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        _, classnames, templates = self.test_sets[dataloader_idx]
-        self.classnames, self.classifier.templates = classnames, templates
+        self._point_at(self.test_sets[dataloader_idx])
         self._shared_step(batch, f"test{dataloader_idx}")
+
+    def _point_at(self, test_set: EvalSet) -> None:
+        self.classnames, self.classifier.templates = test_set.classnames, test_set.templates
+        self.class_mask = _mask_tensor(test_set.class_mask, len(test_set.classnames))
 
     def _log_epoch_metrics(self, stage: str, prefix: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()
@@ -210,10 +254,10 @@ class PeftClipModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # The recipe's own dataset logs test/top1; extra datasets log test/<name>/top1.
-        for index, (name, _, _) in enumerate(self.test_sets):
-            self._log_epoch_metrics(f"test{index}", "test" if index == 0 else f"test/{name}")
-        _, classnames, templates = self.test_sets[0]
-        self.classnames, self.classifier.templates = classnames, templates
+        for index, test_set in enumerate(self.test_sets):
+            prefix = "test" if index == 0 else f"test/{test_set.name}"
+            self._log_epoch_metrics(f"test{index}", prefix)
+        self._point_at(self.test_sets[0])
 
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
