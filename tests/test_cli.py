@@ -160,3 +160,24 @@ def test_ci_runs_the_readme_commands_verbatim():
     assert len(blocks) == 2 and all(block in ci for block in blocks)
     assert "peftclip base2new --config recipes/quickstart.yaml" in blocks[0]
     assert "pytest" in blocks[1]
+
+
+def test_an_integer_batch_limit_stays_an_integer_whatever_the_import_order(tmp_path):
+    """`--trainer.limit_test_batches 1` is one batch. Importing peftclip's adapters (peft, ...)
+    before the CLI once made typing's Union cache hand the Trainer a float-first annotation, and
+    jsonargparse then read "1" as 1.0: the whole test set."""
+    import subprocess
+    import sys
+
+    script = (
+        "import peftclip.classifier\n"  # peft and friends first: the order that broke it
+        "from peftclip.lightning.cli import PeftClipCLI\n"
+        "cli = PeftClipCLI(args=['test', '--config', 'recipes/zeroshot/tiny_random.yaml',"
+        f" '--trainer.limit_test_batches', '1', '--trainer.default_root_dir', {str(tmp_path)!r},"
+        " '--trainer.enable_progress_bar', 'false'])\n"
+        "print('LIMIT', repr(cli.trainer.limit_test_batches))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert "LIMIT 1\n" in result.stdout

@@ -56,3 +56,30 @@ def test_fp16_autocast_without_scaler_for_the_clip_svd_anchor(tmp_path):
     with plugin.forward_context():
         assert layer(torch.randn(2, layer.in_features)).dtype == torch.float16
     assert layer.s.dtype == torch.float32  # parameters stay fp32 (autocast, not conversion)
+
+
+def test_composed_recipe_trains_both_adapters_and_nothing_else(tmp_path):
+    """[maple, clip_svd] from one command line: both adapters' tensors move, the CLIP does not."""
+    from peftclip.backbone import load_backbone
+
+    frozen = {k: v.clone() for k, v in load_backbone("peftclip-tiny-vit", init_seed=0)
+              .model.state_dict().items()}  # fmt: skip
+    cli = PeftClipCLI(args=[
+        "fit", "--config", "recipes/zeroshot/tiny_random.yaml",
+        "--model.adapters+=maple", "--model.adapters.init_args.prompt_depth=2",
+        "--model.adapters+=clip_svd",
+        "--model.optimizer", "AdamW", "--model.optimizer.lr", "0.01",
+        "--data.shots", "2", "--trainer.max_steps", "3",
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    maple, svd = cli.model.adapters
+    assert (maple.name, svd.name) == ("maple", "clip_svd")
+    fresh_maple = type(maple)(prompt_depth=2)  # word init "a photo of a": deterministic
+    fresh_maple.attach(load_backbone("peftclip-tiny-vit", init_seed=0))
+    assert not torch.allclose(maple.ctx, fresh_maple.ctx)
+    for target in svd.targets:
+        sigma = torch.linalg.svdvals(frozen[f"{target.path}.weight"])
+        assert not torch.allclose(svd.sites[target.key].s.detach(), sigma, atol=1e-4)
+    backbone_state = cli.model.backbone.model.state_dict()
+    untouched = [k for k in frozen if k in backbone_state]
+    assert len(untouched) > 10 and all(torch.equal(backbone_state[k], frozen[k]) for k in untouched)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 from jsonargparse import get_loader, set_loader
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from peftclip.adapters import adapter_class_path, list_adapters
@@ -43,10 +45,31 @@ def _load(text: str) -> Any:
     return resolve_adapter_names(get_loader("yaml")(text))
 
 
+def _int_before_float() -> None:
+    """Makes jsonargparse read ``--trainer.limit_test_batches 1`` as the int 1 (one batch).
+
+    typing caches ``Union`` objects, and ``Union[float, int]`` equals ``Union[int, float]``, so
+    whichever order is in the cache is handed back for both. When Lightning Fabric's
+    ``Optional[Union[float, int]]`` is cached as ``trainer.py`` is imported (which depends on
+    import order and on evictions from the bounded cache), the Trainer's ``limit_*_batches``,
+    ``val_check_interval``, ... become float-first, and jsonargparse parses "1" as 1.0: the whole
+    set instead of one batch. Put the int-first annotations back before the parser reads them.
+    """
+    for clear in getattr(typing, "_cleanups", ()):
+        clear()
+    int_first = (typing.Union[int, float], typing.Optional[typing.Union[int, float]])  # noqa: UP007, UP045
+    annotations = Trainer.__init__.__annotations__
+    for name, annotation in annotations.items():
+        for wanted in int_first:
+            if annotation == wanted and annotation.__args__ != wanted.__args__:
+                annotations[name] = wanted
+
+
 class PeftClipCLI(LightningCLI):
     """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
 
     def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+        _int_before_float()
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
         parser_kwargs = {"parser_mode": PARSER_MODE}
         parser_kwargs.update({name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS})
