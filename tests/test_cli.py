@@ -158,6 +158,8 @@ def test_ci_runs_the_readme_commands_verbatim():
     blocks = [block.split("```")[0].strip() for block in readme.split("```bash\n")[1:3]]
     ci = (root / ".ci" / "run").read_text()
     assert len(blocks) == 2 and all(block in ci for block in blocks)
+    # `set -e` does not stop on a failure inside `a && b && c`: each must end in `|| exit 1`.
+    assert all(f"{block} || exit 1" in ci for block in blocks)
     assert "peftclip base2new --config recipes/quickstart.yaml" in blocks[0]
     assert "pytest" in blocks[1]
 
