@@ -127,3 +127,29 @@ def test_schedule_counter_and_live_ranks_go_into_the_checkpoint(tmp_path):
         sum(adapter.live_ranks().values()) / len(adapter.sites)
     )
     assert checkpoint["state_dict"]["classifier.adapters.0.iteration"] == 4
+
+
+def test_a_checkpoint_after_task_boundaries_restores_every_task_on_a_fresh_clip():
+    """Finished tasks live in the frozen weights; the adapter state must bring them back."""
+    adapter = CoDyRA(r=4)
+    classifier = PeftClipClassifier(load_backbone("peftclip-tiny-vit", init_seed=0), [adapter])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(2):  # two finished tasks, some ranks dead
+            for site in adapter.sites.values():
+                site.B.normal_(std=0.05)
+                site.g[0] = 0
+            adapter.increment_task()
+        for site in adapter.sites.values():  # the current task, mid-training
+            site.B.normal_(std=0.05)
+        expected = classifier.eval()(images, CLASSES)["logits"]
+    assert all(u.A.shape[0] == 2 * 3 for u in adapter.merged_updates.values())  # live ranks only
+
+    fresh = CoDyRA(r=4)
+    restored = PeftClipClassifier(load_backbone("peftclip-tiny-vit", init_seed=0), [fresh]).eval()
+    fresh.load_state_dict(adapter.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(restored(images, CLASSES)["logits"], expected, atol=1e-5)
+        fresh.load_state_dict(adapter.state_dict())  # loading again must not merge twice
+        assert torch.allclose(restored(images, CLASSES)["logits"], expected, atol=1e-5)
+    assert int(fresh.task) == 2

@@ -80,6 +80,51 @@ class GatedLoRALinear(nn.Module):
         return self.base(x) + self.delta(x)
 
 
+class MergedUpdates(nn.Module):
+    """The updates of finished tasks, merged into a frozen Linear, kept as low-rank factors.
+
+    ``increment_task`` folds ``B diag(g) A`` of the live ranks into the frozen weight; the
+    checkpoint keeps those factors (``B diag(g)`` and ``A``, only the live ranks), so loading it
+    onto the pretrained CLIP re-applies every earlier task (the anchor's ``old_lora_*``).
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self._base = (base,)  # a reference, not a submodule: the CLIP is never saved
+        self.register_buffer("A", base.weight.new_zeros(0, base.in_features))
+        self.register_buffer("B", base.weight.new_zeros(base.out_features, 0))
+        self.applied = 0  # how many of the ranks are in the base weight already
+
+    @torch.no_grad()
+    def add(self, B: torch.Tensor, A: torch.Tensor) -> None:
+        """Merges ``B @ A`` into the frozen weight and records it."""
+        self.A = torch.cat([self.A, A.to(self.A)])
+        self.B = torch.cat([self.B, B.to(self.B)], dim=1)
+        self._apply_pending()
+
+    @torch.no_grad()
+    def _apply_pending(self) -> None:
+        base = self._base[0]
+        start = self.applied
+        if self.A.shape[0] > start:
+            update = self.B[:, start:] @ self.A[start:]
+            base.weight += update.to(base.weight.dtype)
+            self.applied = self.A.shape[0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        saved_A, saved_B = state_dict.get(prefix + "A"), state_dict.get(prefix + "B")
+        if saved_A is not None and saved_B is not None:
+            if self.applied > saved_A.shape[0]:
+                raise PeftClipError(
+                    "this codyra checkpoint has fewer finished tasks than the model it is "
+                    "loaded into; load it onto a freshly built model."
+                )
+            self.A = torch.empty_like(saved_A, device=self.A.device)
+            self.B = torch.empty_like(saved_B, device=self.B.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._apply_pending()
+
+
 def soft_threshold(g: torch.Tensor, kappa: float) -> torch.Tensor:
     """The proximal operator of ``κ‖g‖₁``: ``sign(g)·max(|g| − κ, 0)`` (the paper's step)."""
     return torch.sign(g) * torch.clamp(g.abs() - kappa, min=0)
@@ -142,12 +187,14 @@ class CoDyRA(WeightSpaceAdapter):
         # Optimizer steps taken in the current task (saved: a resumed run continues the schedule).
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.register_buffer("task", torch.zeros((), dtype=torch.long))
+        self.merged_updates = nn.ModuleDict()  # finished tasks, per layer (saved)
 
     def _adapt(self, targets: list[LinearTarget]) -> None:
         for target in targets:
             base = target.module
             delta = GatedLowRank(base.in_features, base.out_features, self.r)
             self.sites[target.key] = delta.to(base.weight.device)
+            self.merged_updates[target.key] = MergedUpdates(base)
             target.replace(GatedLoRALinear(base, delta))
 
     # ---------------------------------------------------------------------- rank schedule
@@ -206,14 +253,17 @@ class CoDyRA(WeightSpaceAdapter):
     def increment_task(self) -> None:
         """Task boundary: merge the surviving ranks into the frozen weights, start afresh.
 
-        Outputs are unchanged by the merge (the new adapter has B = 0). Parameters are
-        re-created at full rank: build a new optimizer for the next task.
+        Outputs are unchanged by the merge (the new adapter has B = 0). The merged factors stay
+        in the adapter's state, so a checkpoint restores every finished task onto the
+        pretrained CLIP. Parameters are re-created at full rank: build a new optimizer.
         """
         if self.merged:
             raise PeftClipError("unmerge the codyra adapter before starting a new task.")
         for target in self.targets:
             layer: GatedLoRALinear = target.module
-            layer.base.weight += layer.delta.delta_weight().to(layer.base.weight.dtype)
+            delta = layer.delta
+            live = delta.g != 0  # pruned ranks add nothing: keep only the live ones
+            self.merged_updates[target.key].add(delta.B[:, live] * delta.g[live], delta.A[live])
             fresh = GatedLowRank(layer.base.in_features, layer.base.out_features, self.r)
             fresh = fresh.to(layer.base.weight.device)
             layer.delta = fresh
