@@ -153,3 +153,28 @@ def test_a_checkpoint_after_task_boundaries_restores_every_task_on_a_fresh_clip(
         fresh.load_state_dict(adapter.state_dict())  # loading again must not merge twice
         assert torch.allclose(restored(images, CLASSES)["logits"], expected, atol=1e-5)
     assert int(fresh.task) == 2
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    """The rank schedule's counter and the adapter state survive a stop: 2 + 2 steps == 4."""
+
+    def fit(run_dir, steps, resume=None):
+        return PeftClipCLI(args=[
+            "fit", "--config", "recipes/zeroshot/tiny_random.yaml", "--model.adapters+=codyra",
+            "--model.adapters.init_args.r=4", "--model.adapters.init_args.iterations=4",
+            "--model.adapters.init_args.kappa_max=0.5", "--model.optimizer", "AdamW",
+            "--model.optimizer.lr", "0.01", "--data.shots", "2", "--data.train_transform", "eval",
+            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.enable_checkpointing", "true", "--trainer.enable_progress_bar", "false",
+            *(["--ckpt_path", str(resume)] if resume else []),
+        ])  # fmt: skip
+
+    straight = fit(tmp_path / "straight", 4).model.adapters[0]
+    fit(tmp_path / "stopped", 2)
+    checkpoint = next((tmp_path / "stopped").rglob("*.ckpt"))
+    resumed = fit(tmp_path / "resumed", 4, resume=checkpoint).model.adapters[0]
+    assert int(resumed.iteration) == int(straight.iteration) == 4
+    for key, site in straight.sites.items():
+        for name in ("A", "B", "g"):
+            assert torch.allclose(getattr(resumed.sites[key], name), getattr(site, name), atol=1e-6)
+    assert resumed.live_ranks() == straight.live_ranks()
