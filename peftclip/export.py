@@ -56,9 +56,7 @@ def open_clip_state_dict(backbone: FrozenClip) -> dict[str, torch.Tensor]:
             continue
         if any(type(part) is not nn.Linear for part in parts):
             raise PeftClipError(f"layer {name} is still adapted: merge the adapters first.")
-    state = {}
-    for key, value in model.state_dict().items():
-        state[key] = value.detach().clone().contiguous()
+    state = dict(model.state_dict())
     for name, module in model.named_modules():
         if not isinstance(module, SplitAttention):
             continue
@@ -69,9 +67,10 @@ def open_clip_state_dict(backbone: FrozenClip) -> dict[str, torch.Tensor]:
             [module.q.weight, module.k.weight, module.v.weight]
         )
         state[f"{name}.in_proj_bias"] = torch.cat([module.q.bias, module.k.bias, module.v.bias])
-        state[f"{name}.out_proj.weight"] = module.o.weight.detach().clone()
-        state[f"{name}.out_proj.bias"] = module.o.bias.detach().clone()
-    return {key: value.detach().cpu().contiguous() for key, value in state.items()}
+        state[f"{name}.out_proj.weight"] = module.o.weight
+        state[f"{name}.out_proj.bias"] = module.o.bias
+    # One copy, on the CPU, contiguous (safetensors needs it; the model may live on a GPU).
+    return {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
 
 
 def save_open_clip(backbone: FrozenClip, output: str | Path) -> Path:

@@ -18,7 +18,8 @@ def existing_root(root: str | None, what: str) -> Path:
     return path
 
 
-def _listing(folder: Path) -> list[Path]:
+def folder_entries(folder: Path) -> list[Path]:
+    """Every entry of ``folder`` (hidden ones too), or a clear error if it cannot be listed."""
     try:
         return list(folder.iterdir())
     except OSError as error:
@@ -31,7 +32,7 @@ def _listing(folder: Path) -> list[Path]:
 def image_files(folder: Path) -> list[Path]:
     return sorted(
         path
-        for path in _listing(folder)
+        for path in folder_entries(folder)
         if path.is_file()
         and not path.name.startswith(".")
         and path.suffix.lower() in IMAGE_SUFFIXES
@@ -40,5 +41,5 @@ def image_files(folder: Path) -> list[Path]:
 
 def class_folders(folder: Path) -> list[Path]:
     return sorted(
-        path for path in _listing(folder) if path.is_dir() and not path.name.startswith(".")
+        path for path in folder_entries(folder) if path.is_dir() and not path.name.startswith(".")
     )

@@ -31,7 +31,7 @@ from torch.utils.data import random_split
 
 from peftclip.backbone.templates import MTIL_TEMPLATES
 from peftclip.data.images import LabeledImageFiles
-from peftclip.data.listing import existing_root
+from peftclip.data.listing import existing_root, folder_entries
 from peftclip.data.mtil_classnames import (
     CALTECH101_CLASSNAMES,
     CALTECH101_FOLDERS,
@@ -82,12 +82,7 @@ class MtilSplitLayout:
 
 
 def _listdir(folder: Path) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except OSError as error:
-        raise PeftClipError(
-            f"cannot list '{folder}' ({error.strerror}). Check that it exists and is readable."
-        ) from error
+    return [path.name for path in folder_entries(folder)]
 
 
 def _unexpected_classes(folder: Path, found: list[str], expected: tuple[str, ...]) -> str:

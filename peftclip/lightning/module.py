@@ -125,6 +125,7 @@ class PeftClipModule(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.classnames: list[str] = []
         self.class_mask: torch.Tensor | None = None
+        self._current_test_set: EvalSet | None = None
         self.test_sets: list[EvalSet] = []
         self.metrics = torch.nn.ModuleDict()
 
@@ -174,6 +175,7 @@ class PeftClipModule(L.LightningModule):
         """
         self.classnames = list(classnames)
         self.class_mask = _mask_tensor(class_mask, len(self.classnames))
+        self._current_test_set = None
         self.classifier.templates = resolve_templates(templates)
         self.classifier.forget_text_features()
         self.test_sets = []
@@ -224,8 +226,14 @@ class PeftClipModule(L.LightningModule):
         self._shared_step(batch, f"test{dataloader_idx}")
 
     def _point_at(self, test_set: EvalSet) -> None:
+        """Switches the head to ``test_set`` (a no-op while it is the current one: every
+        test batch calls this, and the mask is built and moved to the device once)."""
+        if self._current_test_set is test_set:
+            return
+        self._current_test_set = test_set
         self.classnames, self.classifier.templates = test_set.classnames, test_set.templates
-        self.class_mask = _mask_tensor(test_set.class_mask, len(test_set.classnames))
+        mask = _mask_tensor(test_set.class_mask, len(test_set.classnames))
+        self.class_mask = mask.to(self.device) if mask is not None else None
 
     def _log_epoch_metrics(self, stage: str, prefix: str) -> None:
         values = self.metrics[f"{stage}_metrics"].compute()
