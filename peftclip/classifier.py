@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.base import HeadInput, implements
 from peftclip.backbone import (
     FrozenClip,
     TextFeatureCache,
@@ -21,7 +22,7 @@ from peftclip.errors import PeftClipError
 class PeftClipClassifier(nn.Module):
     """Classifies images against class-name prompts with a frozen CLIP and its adapters.
 
-    Without adapters this is zero-shot CLIP with a template ensemble (spec methods.md §2).
+    Without adapters this is zero-shot CLIP with a template ensemble (docs/methods/index.md).
 
     Args:
         backbone: The frozen CLIP.
@@ -29,6 +30,8 @@ class PeftClipClassifier(nn.Module):
         templates: Templates for classes whose text is not built by an adapter.
         text_chunk_size: Prompts encoded per text-encoder call when building a frozen head.
         text_cache: Cache of frozen text features (in memory and optionally on disk).
+        logit_scale: A fixed temperature of the cosine head instead of the checkpoint's
+            ``exp(logit_scale)`` (the official CLIP-SVD code multiplies by 100).
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class PeftClipClassifier(nn.Module):
         templates: str | Sequence[str] = "a photo of a {}.",
         text_chunk_size: int = 256,
         text_cache: TextFeatureCache | None = None,
+        logit_scale: float | None = None,
     ) -> None:
         super().__init__()
         check_composition(adapters)
@@ -46,13 +50,14 @@ class PeftClipClassifier(nn.Module):
         self.templates = resolve_templates(templates)
         self.text_chunk_size = text_chunk_size
         self.text_cache = text_cache if text_cache is not None else TextFeatureCache()
+        self.fixed_logit_scale = logit_scale
         self._eval_head: tuple[tuple, torch.Tensor] | None = None
         for adapter in self.adapters:
             adapter.attach(backbone)
 
     def _owner(self, point: str) -> Adapter | None:
         for adapter in self.adapters:
-            if getattr(type(adapter), point) is not getattr(Adapter, point):
+            if implements(adapter, point):
                 return adapter
         return None
 
@@ -66,14 +71,26 @@ class PeftClipClassifier(nn.Module):
         owner = self._owner("text_input")
         return owner is not None and owner.image_conditioned
 
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        scale = self.backbone.logit_scale
+        if self.fixed_logit_scale is None:
+            return scale
+        return torch.full_like(scale, self.fixed_logit_scale)
+
     def prompts(self) -> Prompts:
         owner = self._owner("prompts")
         prompts = owner.prompts(self.backbone) if owner is not None else None
         return prompts if prompts is not None else Prompts()
 
-    def forget_text_features(self) -> None:
-        """Drops the cached evaluation head (call when adapter parameters changed)."""
-        self._eval_head = None
+    def _state_version(self) -> tuple:
+        """Changes whenever a tensor that shapes the text features may have changed.
+
+        In-place updates (optimizer steps, ``load_state_dict``, merging into the backbone's
+        weights) bump a tensor's version counter; replaced tensors change identity. So a cached
+        head can never be served after any of them.
+        """
+        return tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
 
     def text_features(
         self,
@@ -84,11 +101,11 @@ class PeftClipClassifier(nn.Module):
         """Class text features: ``(classes, d)``, or ``(batch, classes, d)`` if image-conditioned.
 
         Outside training, features that do not depend on the images are computed once per
-        class set and reused until :meth:`forget_text_features` (anchors recompute them for
+        class set and reused while no parameter or buffer changes (anchors recompute them for
         every test batch; the values are identical).
         """
-        key = (tuple(classnames), tuple(self.templates))
         cacheable = not self.training and not self.image_conditioned
+        key = (tuple(classnames), tuple(self.templates), self._state_version()) if cacheable else ()
         device = self.backbone.model.logit_scale.device
         if cacheable and self._eval_head is not None and self._eval_head[0] == key:
             # The head is a plain tensor: after the module moves (Lightning's teardown puts it
@@ -111,18 +128,27 @@ class PeftClipClassifier(nn.Module):
                     self.backbone, classnames, self.templates, self.text_chunk_size
                 )
             else:
-                features = zero_shot_head(
-                    self.backbone,
-                    classnames,
-                    self.templates,
-                    self.text_chunk_size,
-                    self.text_cache,
-                )
+                features = self.frozen_head(classnames)
         else:
             features = self._encode_text_input(text_input, prompts)
         if cacheable:
             self._eval_head = (key, features)
         return features
+
+    def frozen_head(
+        self, classnames: Sequence[str], templates: str | Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """Normalized zero-shot text features of the frozen CLIP, cached per (class set,
+        templates); ``templates`` defaults to the classifier's."""
+        if self.text_tower_adapted:
+            raise PeftClipError(
+                "the frozen CLIP's text features are not available while a weight-space adapter "
+                "changes the text tower; adapt the vision tower only (towers: vision)."
+            )
+        templates = self.templates if templates is None else resolve_templates(templates)
+        return zero_shot_head(
+            self.backbone, classnames, templates, self.text_chunk_size, self.text_cache
+        )
 
     def _encode_text_input(self, text_input: TextInput, prompts: Prompts) -> torch.Tensor:
         embeddings, pool_index = text_input.embeddings, text_input.pool_index
@@ -136,6 +162,22 @@ class PeftClipClassifier(nn.Module):
         )
         return flat.view(batch, classes, -1)
 
+    def head(self, inputs: HeadInput) -> torch.Tensor:
+        """The head's logits: CLIP's scaled cosine (or an adapter's own head), plus any
+        adapter's extra logits."""
+        owner = self._owner("head")
+        if owner is not None:
+            logits = owner.head(inputs)
+        else:
+            logits = self.backbone.logits(
+                inputs.image_features, inputs.text_features, inputs.logit_scale
+            )
+        for adapter in self.adapters:
+            extra = adapter.extra_logits(inputs)
+            if extra is not None:
+                logits = logits + extra
+        return logits
+
     def forward(self, images: torch.Tensor, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
         """Returns ``logits`` ``(batch, classes)`` and the image and text features."""
         prompts = self.prompts()
@@ -143,5 +185,16 @@ class PeftClipClassifier(nn.Module):
             images, prompts.vision_input, prompts.vision_deep
         )
         text_features = self.text_features(classnames, prompts, image_features)
-        logits = self.backbone.logits(image_features, text_features)
+        inputs = HeadInput(image_features, text_features, self.logit_scale, classnames)
+        logits = self.head(inputs)
         return {"logits": logits, "image_features": image_features, "text_features": text_features}
+
+    def begin_task(self, task: int) -> None:
+        """Tells every adapter that task ``task`` of a continual stream starts."""
+        for adapter in self.adapters:
+            adapter.begin_task(task)
+
+    def end_task(self, task: int) -> None:
+        """Tells every adapter that task ``task`` of a continual stream is trained."""
+        for adapter in self.adapters:
+            adapter.end_task(task)

@@ -18,7 +18,9 @@ def test_harmonic_mean():
 
 def test_runner_trains_on_base_and_evaluates_both_halves(tmp_path):
     module = PeftClipModule(BackboneSpec(TINY), adapters=[CoOp(n_ctx=2)])
-    datamodule = PeftClipDataModule("world_colors", shots=4, batch_size=8, num_workers=0)
+    datamodule = PeftClipDataModule(
+        "world_colors", shots=4, batch_size=8, num_workers=0, backbone=BackboneSpec(TINY)
+    )
     trainer = L.Trainer(
         max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         default_root_dir=tmp_path,

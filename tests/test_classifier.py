@@ -56,14 +56,20 @@ def test_composed_adapters_train_their_parameters_and_nothing_else(tiny_backbone
     assert all(torch.equal(v, frozen_before[k]) for k, v in tiny_backbone.state_dict().items())
 
 
-def test_eval_head_is_cached_per_class_set_and_forgotten_on_request(tiny_backbone):
+def test_eval_head_is_cached_per_class_set_and_follows_adapter_edits(tiny_backbone):
     adapter = ToyShift()
     classifier = PeftClipClassifier(tiny_backbone, [adapter]).eval()
+    images = torch.randn(2, 3, 32, 32)
     first = classifier.text_features(CLASSES)
-    assert classifier.text_features(CLASSES) is first
+    logits = classifier(images, CLASSES)["logits"]
+    assert classifier.text_features(CLASSES) is first  # cached while nothing changes
     with torch.no_grad():
-        adapter.shift.add_(1.0)
-    assert classifier.text_features(CLASSES) is first  # cached until told otherwise
-    classifier.forget_text_features()
-    assert not torch.allclose(classifier.text_features(CLASSES), first)
+        adapter.shift.add_(1.0)  # an in-place edit in eval mode
+    edited = classifier.text_features(CLASSES)
+    assert not torch.allclose(edited, first)
+    assert not torch.allclose(classifier(images, CLASSES)["logits"], logits)
+    adapter.load_state_dict({"shift": torch.zeros_like(adapter.shift)})
+    assert torch.allclose(classifier.text_features(CLASSES), first)
+    adapter.shift = torch.nn.Parameter(torch.ones_like(adapter.shift))  # a replaced tensor
+    assert torch.allclose(classifier.text_features(CLASSES), edited)
     assert classifier.text_features(CLASSES[:2]).shape[0] == 2

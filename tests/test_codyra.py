@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from peftclip.adapters import CoDyRA
+from peftclip.adapters import CoDyRA, StepContext
 from peftclip.adapters.codyra import codyra_code_threshold, soft_threshold
 from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
@@ -78,7 +78,7 @@ def test_pruning_removes_exactly_the_zero_gates_and_keeps_outputs(backbone):
     assert fresh.live_ranks() == adapter.live_ranks()
 
 
-def test_increment_task_merges_survivors_and_restarts_at_identity(backbone):
+def test_end_task_merges_survivors_and_restarts_at_identity(backbone):
     adapter = CoDyRA(r=4)
     classifier = PeftClipClassifier(backbone, [adapter]).eval()
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_increment_task_merges_survivors_and_restarts_at_identity(backbone):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = classifier(images, CLASSES)["logits"]
-        adapter.increment_task()
+        adapter.end_task(0)
         after = classifier(images, CLASSES)["logits"]
     assert torch.allclose(after, before, atol=1e-5)
     assert int(adapter.iteration) == 0 and int(adapter.task) == 1
@@ -96,18 +96,27 @@ def test_increment_task_merges_survivors_and_restarts_at_identity(backbone):
     assert all(site.g.requires_grad for site in adapter.sites.values())
 
 
+def _context(logits, labels):
+    features = torch.zeros(len(labels), 4)
+    return StepContext(
+        images=torch.zeros(len(labels), 3, 32, 32), labels=labels, logits=logits,
+        image_features=features, text_features=features, classnames=CLASSES[:3],
+        frozen_head=lambda templates=None: features,
+    )  # fmt: skip
+
+
 def test_text_to_image_loss_is_the_anchor_reduction(backbone):
     adapter = CoDyRA(r=2)
     PeftClipClassifier(backbone, [adapter]).train()
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]])
     labels = torch.tensor([0, 0])
-    loss = adapter.extra_loss({"logits": logits, "labels": labels})
+    loss = adapter.extra_loss(_context(logits, labels))
     # Class 0 row: both images are positives (un-normalized multi-hot); rows 1, 2 add 0.
     row0 = -torch.log_softmax(logits[:, 0], dim=0).sum()
     assert loss == pytest.approx(float(row0) / 3)
     text_only = CoDyRA(r=2, towers="text")
     PeftClipClassifier(load_backbone("peftclip-tiny-vit", init_seed=0), [text_only]).train()
-    assert text_only.extra_loss({"logits": logits, "labels": labels}) is None
+    assert text_only.extra_loss(_context(logits, labels)) is None
 
 
 def test_schedule_counter_and_live_ranks_go_into_the_checkpoint(tmp_path):
@@ -135,11 +144,11 @@ def test_a_checkpoint_after_task_boundaries_restores_every_task_on_a_fresh_clip(
     classifier = PeftClipClassifier(load_backbone("peftclip-tiny-vit", init_seed=0), [adapter])
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        for _ in range(2):  # two finished tasks, some ranks dead
+        for task in range(2):  # two finished tasks, some ranks dead
             for site in adapter.sites.values():
                 site.B.normal_(std=0.05)
                 site.g[0] = 0
-            adapter.increment_task()
+            adapter.end_task(task)
         for site in adapter.sites.values():  # the current task, mid-training
             site.B.normal_(std=0.05)
         expected = classifier.eval()(images, CLASSES)["logits"]

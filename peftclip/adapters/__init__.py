@@ -1,6 +1,14 @@
 """Adapters: one module per method, a registry, composition rules."""
 
-from peftclip.adapters.base import Adapter, Prompts, TextInput, check_composition
+from peftclip.adapters.base import (
+    Adapter,
+    HeadInput,
+    Prompts,
+    StepContext,
+    TextInput,
+    TrainingFeatures,
+    check_composition,
+)
 from peftclip.adapters.clip_svd import ClipSVD
 from peftclip.adapters.cocoop import CoCoOp
 from peftclip.adapters.codyra import CoDyRA
@@ -23,10 +31,13 @@ __all__ = [
     "CoCoOp",
     "CoDyRA",
     "CoOp",
+    "HeadInput",
     "LoRA",
     "MaPLe",
     "Prompts",
+    "StepContext",
     "TextInput",
+    "TrainingFeatures",
     "VPTDeep",
     "WeightSpaceAdapter",
     "adapter_class_path",

@@ -4,7 +4,7 @@ Semantics: specs/methods.md §9. Each targeted Linear gets ``ΔW = B diag(g) A``
 scale 1, no dropout; A kaiming-uniform, B = 0, g ~ N(0, 1)). After a dense phase, a proximal
 soft-threshold step on ``g`` follows every optimizer step with a growing threshold κ, so ranks
 die (g = 0 exactly). At a task boundary the surviving ranks are merged into the frozen weight
-and a fresh adapter starts (``increment_task``), so inference cost never grows.
+and a fresh adapter starts (``end_task``), so inference cost never grows.
 
 peft has no gated LoRA, hence an own ~50-line layer.
 """
@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftclip.adapters.base import StepContext
 from peftclip.adapters.registry import register_adapter
 from peftclip.adapters.targets import LAYER_KINDS, LinearTarget, Tower
 from peftclip.adapters.weight_space import WeightSpaceAdapter
 from peftclip.errors import PeftClipError
+from peftclip.schedules import RunLength
 
 
 class GatedLowRank(nn.Module):
@@ -83,7 +85,7 @@ class GatedLoRALinear(nn.Module):
 class MergedUpdates(nn.Module):
     """The updates of finished tasks, merged into a frozen Linear, kept as low-rank factors.
 
-    ``increment_task`` folds ``B diag(g) A`` of the live ranks into the frozen weight; the
+    ``end_task`` folds ``B diag(g) A`` of the live ranks into the frozen weight; the
     checkpoint keeps those factors (``B diag(g)`` and ``A``, only the live ranks), so loading it
     onto the pretrained CLIP re-applies every earlier task (the anchor's ``old_lora_*``).
     """
@@ -144,8 +146,8 @@ class CoDyRA(WeightSpaceAdapter):
 
     Args:
         r: Rank of every update.
-        iterations: Training iterations T of one task (the rank schedule is laid over them;
-            set it to the task's ``max_steps``).
+        iterations: Training iterations T of one task (the rank schedule is laid over them);
+            ``None``: the length of the training run, from the trainer.
         kappa_max: Largest threshold κ.
         kappa_steps: Number of κ values (``linspace(0, kappa_max, kappa_steps)``).
         dense_fraction: Fraction of T trained without proximal steps.
@@ -161,7 +163,7 @@ class CoDyRA(WeightSpaceAdapter):
     def __init__(
         self,
         r: int = 16,
-        iterations: int = 500,
+        iterations: int | None = None,
         kappa_max: float = 0.005,
         kappa_steps: int = 50,
         dense_fraction: float = 0.5,
@@ -172,7 +174,11 @@ class CoDyRA(WeightSpaceAdapter):
         blocks: Sequence[int] | None = None,
     ) -> None:
         super().__init__(towers, layers, blocks)
-        if iterations < 1 or not 0 <= dense_fraction < 1 or kappa_steps < 2:
+        if (
+            (iterations is not None and iterations < 1)
+            or not 0 <= dense_fraction < 1
+            or (kappa_steps < 2)
+        ):
             raise PeftClipError(
                 "codyra needs iterations >= 1, 0 <= dense_fraction < 1 and kappa_steps >= 2; got "
                 f"{iterations}, {dense_fraction}, {kappa_steps}."
@@ -198,6 +204,10 @@ class CoDyRA(WeightSpaceAdapter):
             target.replace(GatedLoRALinear(base, delta))
 
     # ---------------------------------------------------------------------- rank schedule
+    def set_run_length(self, run: RunLength) -> None:
+        if self.iterations is None:
+            self.iterations = run.total_steps
+
     def kappa(self, t: int) -> float | None:
         """The threshold of the proximal step after iteration ``t`` (0-based); None: no step.
 
@@ -205,6 +215,11 @@ class CoDyRA(WeightSpaceAdapter):
         one at every ``t ≥ T_dense`` with ``t mod ⌊(T − T_dense)/steps⌋ = 0`` (capped), as in
         the anchor: for T = 500, κ = κ_max·j/49 after the j-th increment (t = 250, 255, …).
         """
+        if self.iterations is None:
+            raise PeftClipError(
+                "codyra's rank schedule needs the run length: train it through PeftClipModule "
+                "(which passes the trainer's step count) or set iterations."
+            )
         dense = self.dense_fraction * self.iterations
         if t <= dense:
             return None
@@ -222,11 +237,11 @@ class CoDyRA(WeightSpaceAdapter):
                 delta.g.copy_(threshold(delta.g, kappa))
         self.iteration += 1
 
-    def extra_loss(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def extra_loss(self, context: StepContext) -> torch.Tensor | None:
         """Text→image cross-entropy: each class row scores the batch's images (anchor loss)."""
         if not (self.training and self.text_to_image_loss and "vision" in self.adapted_towers):
             return None
-        logits, labels = outputs["logits"].float(), outputs["labels"]
+        logits, labels = context.logits.float(), context.labels
         # Un-normalized multi-hot targets M[c, b] = 1[label_b = c]; rows of classes absent
         # from the batch contribute 0 but count in the mean (the anchor's reduction).
         targets = F.one_hot(labels, logits.shape[1]).t().to(logits.dtype)
@@ -250,7 +265,7 @@ class CoDyRA(WeightSpaceAdapter):
             delta.prune()
 
     @torch.no_grad()
-    def increment_task(self) -> None:
+    def end_task(self, task: int) -> None:
         """Task boundary: merge the surviving ranks into the frozen weights, start afresh.
 
         Outputs are unchanged by the merge (the new adapter has B = 0). The merged factors stay

@@ -3,6 +3,7 @@
 from peftclip.backbone.attention import SplitAttention, split_attention
 from peftclip.backbone.frozen_clip import BackboneIdentity, DeepPrompts, FrozenClip
 from peftclip.backbone.loading import BackboneSpec, load_backbone, weights_sha256
+from peftclip.backbone.preprocess import BackboneTransforms, backbone_transforms
 from peftclip.backbone.text import (
     TextFeatureCache,
     class_prompts,
@@ -14,10 +15,12 @@ from peftclip.backbone.text import (
 __all__ = [
     "BackboneIdentity",
     "BackboneSpec",
+    "BackboneTransforms",
     "DeepPrompts",
     "FrozenClip",
     "SplitAttention",
     "TextFeatureCache",
+    "backbone_transforms",
     "class_prompts",
     "load_backbone",
     "resolve_templates",

@@ -255,16 +255,22 @@ class FrozenClip(nn.Module):
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     # -------------------------------------------------------------------------------- logits
-    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``exp(logit_scale) · normalize(img) @ normalize(txt)ᵀ`` (spec §1.5).
 
-        ``text_features`` may be ``(classes, d)`` or per-image ``(batch, classes, d)``.
+        ``text_features`` may be ``(classes, d)`` or per-image ``(batch, classes, d)``;
+        ``logit_scale`` replaces the checkpoint's temperature when given.
         """
         image = F.normalize(image_features, dim=-1)
         # A frozen template head is fp32 while fp16 weights give fp16 image features.
         text = F.normalize(text_features, dim=-1).to(image.dtype)
         scores = torch.einsum("bd,bcd->bc", image, text) if text.dim() == 3 else image @ text.t()
-        return self.logit_scale * scores
+        return (self.logit_scale if logit_scale is None else logit_scale) * scores
 
 
 def _layer_prompt(deep_prompts: DeepPrompts | None, index: int) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from peftclip.adapters import adapter_class_path, list_adapters
 from peftclip.lightning.datamodule import PeftClipDataModule
@@ -49,7 +49,9 @@ def _int_before_float() -> None:
     """Makes jsonargparse read ``--trainer.limit_test_batches 1`` as the int 1 (one batch).
 
     typing caches ``Union`` objects, and ``Union[float, int]`` equals ``Union[int, float]``, so
-    whichever order is in the cache is handed back for both. When Lightning Fabric's
+    whichever order is in the cache is handed back for both (CPython's open issue
+    python/cpython#103749, "Make sure that typing cache differentiate Union[int, str] and
+    Union[str, int]"; earlier python/typing#559). When Lightning Fabric's
     ``Optional[Union[float, int]]`` is cached as ``trainer.py`` is imported (which depends on
     import order and on evictions from the bounded cache), the Trainer's ``limit_*_batches``,
     ``val_check_interval``, ... become float-first, and jsonargparse parses "1" as 1.0: the whole
@@ -85,3 +87,24 @@ class PeftClipCLI(LightningCLI):
             seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's core arguments, with two changes: ``model.frozen_backbone`` (a loaded
+        module, for Python callers) is not a command-line option, and ``data.backbone`` is
+        linked to ``model.backbone`` (the data module builds that backbone's transforms)."""
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        trainer_defaults = {
+            f"trainer.{key}": value
+            for key, value in self.trainer_defaults.items()
+            if key != "callbacks"
+        }
+        parser.set_defaults(trainer_defaults)
+        parser.add_class_arguments(
+            self.model_class,
+            "model",
+            fail_untyped=False,
+            sub_configs=True,
+            skip={"frozen_backbone"},
+        )
+        parser.add_lightning_class_args(self.datamodule_class, "data")
+        parser.link_arguments("model.backbone", "data.backbone")

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
+from peftclip.backbone import BackboneSpec, backbone_transforms
 from peftclip.data import ClassificationData, build_dataset
 from peftclip.data.fewshot import base_new_split, few_shot
 from peftclip.data.transforms import build_transform
@@ -20,8 +21,10 @@ _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "pr
 class PeftClipDataModule(L.LightningDataModule):
     """Serves one registered dataset (and, for ``test``, any extra evaluation datasets).
 
-    ``PeftClipModule`` hands over the backbone's own open_clip transforms and input size at
-    set-up; the recipe picks them (``backbone``) or a named transform built at that size.
+    The data module builds its transforms itself from ``backbone`` (open_clip's transforms of
+    that model and input size, read from its configuration); the recipe picks them
+    (``backbone``) or a named transform built at that size. On the command line
+    ``data.backbone`` is linked to ``model.backbone``, so the two cannot differ.
 
     Args:
         dataset: Registry name (``image_folder``, ``csv``, ``world_objects``, ...).
@@ -48,6 +51,8 @@ class PeftClipDataModule(L.LightningDataModule):
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
+        backbone: The CLIP whose transforms and input size the images get (default: the
+            model's default backbone).
     """
 
     def __init__(
@@ -66,9 +71,13 @@ class PeftClipDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
+        backbone: BackboneSpec | dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # A linked command-line value arrives as a plain mapping.
+        self.backbone = BackboneSpec(**backbone) if isinstance(backbone, dict) else backbone
+        self.backbone = self.backbone or BackboneSpec()
         self.dataset_name = dataset
         self.root = root
         self.options = options or {}
@@ -114,6 +123,8 @@ class PeftClipDataModule(L.LightningDataModule):
         return self.data.templates
 
     def setup(self, stage: str) -> None:
+        own = backbone_transforms(self.backbone.model_name, self.backbone.pretrained)
+        self.set_transforms(own.train, own.eval, own.image_size)
         datasets = self.test_sets if stage == "test" else [(self.dataset_name, self.data)]
         for name, data in datasets:
             for split in _STAGE_SPLITS.get(stage, ()):
@@ -149,8 +160,8 @@ class PeftClipDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def train_dataloader(self, shuffle: bool = True) -> DataLoader:
+        return self._loader("train", shuffle=shuffle)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if "val" in self.data.splits else []

@@ -11,11 +11,19 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from rich.progress import track
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from peftclip.adapters import Adapter
-from peftclip.backbone import BackboneSpec, TextFeatureCache, load_backbone, resolve_templates
+from peftclip.adapters import Adapter, StepContext, TrainingFeatures
+from peftclip.adapters.base import implements
+from peftclip.backbone import (
+    BackboneSpec,
+    FrozenClip,
+    TextFeatureCache,
+    load_backbone,
+    resolve_templates,
+)
 from peftclip.classifier import PeftClipClassifier
 from peftclip.errors import PeftClipError
 from peftclip.precision import (
@@ -23,6 +31,7 @@ from peftclip.precision import (
     apply_precision_profile,
     check_trainer_precision,
 )
+from peftclip.schedules import RunLength
 
 CHECKPOINT_FORMAT = "peftclip-adapters/1"
 
@@ -78,6 +87,12 @@ class PeftClipModule(L.LightningModule):
         precision_profile: ``modern`` (fp32 weights; mixed precision comes from the trainer) or
             ``anchor_fp16`` (the CoOp family's fp16 layout; needs ``--trainer.precision
             32-true``), see :mod:`peftclip.precision`.
+        logit_scale: A fixed temperature of the cosine head instead of the checkpoint's
+            ``exp(logit_scale)`` (the official CLIP-SVD code uses 100); ``None``: the
+            checkpoint's.
+        frozen_backbone: An already loaded frozen CLIP to build on instead of loading
+            ``backbone`` again (Python only; e.g. a protocol's zero-shot baseline shares the
+            trained module's backbone). ``backbone`` then only names it.
     """
 
     def __init__(
@@ -92,27 +107,41 @@ class PeftClipModule(L.LightningModule):
         text_chunk_size: int = 256,
         text_cache_dir: str | None = None,
         precision_profile: PrecisionProfile = "modern",
+        logit_scale: float | None = None,
+        *,
+        frozen_backbone: FrozenClip | None = None,
     ) -> None:
         super().__init__()
         # The frozen CLIP stays in eval mode on purpose (methods.md §1.1); Lightning warns about
         # any module in eval mode at the start of fit.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        # A method fitted from data has no optimizer on purpose (zero optimizer steps).
+        warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` return")
         # The backbone is recorded by identity (weights hash) in every checkpoint instead: as an
         # hparam, LightningCLI would force the training machine's weights path on `--ckpt_path`.
         self.save_hyperparameters(
-            ignore=["backbone", "adapters", "optimizer", "scheduler", "text_cache_dir"]
+            ignore=[
+                "backbone",
+                "adapters",
+                "optimizer",
+                "scheduler",
+                "text_cache_dir",
+                "frozen_backbone",
+            ]
         )
         spec = backbone or BackboneSpec()
         self.backbone_spec = spec
-        frozen = load_backbone(
-            spec.model_name, spec.pretrained, spec.force_quick_gelu, spec.init_seed
-        )
+        if frozen_backbone is None:
+            frozen_backbone = load_backbone(
+                spec.model_name, spec.pretrained, spec.force_quick_gelu, spec.init_seed
+            )
         self.classifier = PeftClipClassifier(
-            frozen,
+            frozen_backbone,
             adapters or [],
             templates=templates or "a photo of a {}.",
             text_chunk_size=text_chunk_size,
             text_cache=TextFeatureCache(text_cache_dir),
+            logit_scale=logit_scale,
         )
         apply_precision_profile(
             self.classifier.backbone, self.classifier.adapters, precision_profile
@@ -143,6 +172,17 @@ class PeftClipModule(L.LightningModule):
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
         check_trainer_precision(self.precision_profile, self.trainer.precision)
+        served = getattr(datamodule, "backbone", None)
+        if served is not None and (served.model_name, served.pretrained) != (
+            self.backbone_spec.model_name,
+            self.backbone_spec.pretrained,
+        ):
+            raise PeftClipError(
+                f"the data module builds the transforms of backbone {served.model_name} "
+                f"({served.pretrained}) but the model is {self.backbone_spec.model_name} "
+                f"({self.backbone_spec.pretrained}); give both the same BackboneSpec (the "
+                "command line links data.backbone to model.backbone)."
+            )
         main = datamodule.data
         self.use_class_set(main.classnames, self.user_templates or main.templates, main.class_mask)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
@@ -158,9 +198,6 @@ class PeftClipModule(L.LightningModule):
         for index, test_set in enumerate(self.test_sets):
             metrics = _metrics(len(test_set.classnames)).to(self.device)
             self.metrics[f"test{index}_metrics"] = metrics
-        datamodule.set_transforms(
-            self.backbone.preprocess_train, self.backbone.preprocess_eval, self.backbone.image_size
-        )
 
     def use_class_set(
         self,
@@ -177,7 +214,6 @@ class PeftClipModule(L.LightningModule):
         self.class_mask = _mask_tensor(class_mask, len(self.classnames))
         self._current_test_set = None
         self.classifier.templates = resolve_templates(templates)
-        self.classifier.forget_text_features()
         self.test_sets = []
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
         self.metrics = torch.nn.ModuleDict(
@@ -196,13 +232,22 @@ class PeftClipModule(L.LightningModule):
         """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
         images, labels = batch
         outputs = self(images)
-        outputs["labels"] = labels  # extra losses may need them (e.g. CoDyRA's text→image term)
         logits = outputs["logits"].float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        for adapter in self.adapters:
-            extra = adapter.extra_loss(outputs)
-            if extra is not None:
-                loss = loss + extra
+        if stage == "train":
+            context = StepContext(
+                images=images,
+                labels=labels,
+                logits=outputs["logits"],
+                image_features=outputs["image_features"],
+                text_features=outputs["text_features"],
+                classnames=self.classnames,
+                frozen_head=self._frozen_head,
+            )
+            for adapter in self.adapters:
+                extra = adapter.extra_loss(context)
+                if extra is not None:
+                    loss = loss + extra
         self.metrics[f"{stage}_metrics"].update(logits.argmax(dim=-1), labels)
         name = "test" if stage.startswith("test") else stage
         self.log(f"{name}/loss", loss, prog_bar=stage == "train", batch_size=len(labels))
@@ -241,15 +286,6 @@ class PeftClipModule(L.LightningModule):
         self.log_dict({f"{prefix}/{name}": 100 * value for name, value in values.items()})
         self.metrics[f"{stage}_metrics"].reset()
 
-    def on_train_epoch_start(self) -> None:
-        self.classifier.forget_text_features()
-
-    def on_validation_epoch_start(self) -> None:
-        self.classifier.forget_text_features()
-
-    def on_test_epoch_start(self) -> None:
-        self.classifier.forget_text_features()
-
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train", "train")
         for adapter in self.adapters:
@@ -267,25 +303,94 @@ class PeftClipModule(L.LightningModule):
             self._log_epoch_metrics(f"test{index}", prefix)
         self._point_at(self.test_sets[0])
 
+    # ------------------------------------------------------------------- fitting from data
+    def _frozen_head(self, templates: str | list[str] | None = None) -> torch.Tensor:
+        return self.classifier.frozen_head(self.classnames, templates)
+
+    @property
+    def fitted_only(self) -> bool:
+        """Whether the composition is fitted from data and has nothing to train by gradient."""
+        trainable = any(p.requires_grad for p in self.parameters())
+        return not trainable and any(implements(a, "fit_from_data") for a in self.adapters)
+
+    def on_fit_start(self) -> None:
+        # A resumed run restores what was fitted with the rest of the checkpoint.
+        if self.trainer.ckpt_path is not None:
+            return
+        for adapter in self.adapters:
+            if implements(adapter, "fit_from_data"):
+                adapter.fit_from_data(self.training_features(adapter.fit_views))
+
+    def on_train_start(self) -> None:
+        if self.fitted_only:  # nothing to step: the fit ends before its first epoch
+            self.trainer.should_stop = True
+
+    def on_train_end(self) -> None:
+        if not self.fitted_only:
+            return
+        # No epoch ran, so no epoch-end checkpoint was written: write the fitted state once
+        # (a `save_last` callback adds last.ckpt itself).
+        for callback in self.trainer.checkpoint_callbacks:
+            self.trainer.save_checkpoint(callback.format_checkpoint_name({"epoch": 0, "step": 0}))
+
+    @torch.no_grad()
+    def training_features(self, views: int = 1) -> TrainingFeatures:
+        """Raw frozen image features of the training split, ``views`` passes in a fixed order."""
+        loader = self.trainer.datamodule.train_dataloader(shuffle=False)
+        passes, labels = [], None
+        with self.trainer.precision_plugin.forward_context():
+            for view in range(views):
+                features, view_labels = [], []
+                for images, batch_labels in track(
+                    loader,
+                    description=f"image features, view {view + 1}/{views}",
+                    disable=not self.trainer.progress_bar_callback,
+                    transient=True,
+                ):
+                    features.append(self.backbone.encode_image(images.to(self.device)).float())
+                    view_labels.append(batch_labels)
+                passes.append(torch.cat(features))
+                labels = torch.cat(view_labels).to(self.device)
+        return TrainingFeatures(
+            features=torch.stack(passes),
+            labels=labels,
+            classnames=list(self.classnames),
+            frozen_head=self._frozen_head,
+        )
+
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
         parameters = [p for p in self.parameters() if p.requires_grad]
         if not parameters:
+            if self.fitted_only:
+                return None  # fitted from data at fit start; no optimizer step is taken
             raise PeftClipError(
                 "nothing to train: the backbone is frozen and no adapter has trainable "
                 "parameters. Add adapters to the recipe, or evaluate zero-shot with"
                 " `peftclip test`."
             )
+        run = self.run_length()
+        for adapter in self.adapters:
+            adapter.set_run_length(run)
         optimizer = self.optimizer_factory(parameters)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        if getattr(scheduler, "total_steps", 0) is None:  # IterationCosine over the whole run
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        if hasattr(scheduler, "set_run_length"):
+            scheduler.set_run_length(run)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
         }
+
+    def run_length(self) -> RunLength:
+        """The trainer's length of this run (the one place a recipe states it)."""
+        max_epochs = self.trainer.max_epochs
+        return RunLength(
+            total_steps=int(self.trainer.estimated_stepping_batches),
+            max_epochs=max_epochs if max_epochs is not None and max_epochs > 0 else None,
+            scheduler_interval=self.scheduler_interval,
+        )
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

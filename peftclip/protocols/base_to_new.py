@@ -7,7 +7,7 @@ head of the new class names only), next to zero-shot CLIP with the dataset's tem
 
 from __future__ import annotations
 
-import copy
+import inspect
 from dataclasses import dataclass
 
 import lightning as L
@@ -49,9 +49,10 @@ class BaseToNewResult:
 
 
 def _half(datamodule: PeftClipDataModule, half: str) -> PeftClipDataModule:
-    copied = copy.copy(datamodule)
-    copied.subsample, copied._data = half, None
-    return copied
+    """A data module of the same configuration that serves one half of the classes."""
+    settings = inspect.signature(PeftClipDataModule).parameters
+    config = {key: value for key, value in datamodule.hparams.items() if key in settings}
+    return PeftClipDataModule(**{**config, "subsample": half})
 
 
 def _evaluate(trainer: L.Trainer, module: PeftClipModule, datamodule) -> float:
@@ -62,7 +63,12 @@ def _evaluate(trainer: L.Trainer, module: PeftClipModule, datamodule) -> float:
 def run_base_to_new(
     module: PeftClipModule, datamodule: PeftClipDataModule, trainer: L.Trainer
 ) -> BaseToNewResult:
-    """Zero-shot on both halves, fit on base, test the trained module on base and on new."""
+    """Zero-shot on both halves, fit on base, test the trained module on base and on new.
+
+    Zero-shot CLIP shares the trained module's frozen backbone (one copy in memory). It is
+    evaluated before training; weight-space adapters are attached then but at their identity
+    initialisation, so it is zero-shot CLIP up to float rounding.
+    """
     base, new = _half(datamodule, "base"), _half(datamodule, "new")
     evaluator = L.Trainer(
         accelerator=trainer.strategy.root_device.type,
@@ -77,6 +83,7 @@ def run_base_to_new(
         backbone=module.backbone_spec,
         templates=module.user_templates,
         precision_profile=module.precision_profile,  # zero-shot CLIP in the same weight layout
+        frozen_backbone=module.backbone,
     )
     zero_shot_base = _evaluate(evaluator, zero_shot, base)
     zero_shot_new = _evaluate(evaluator, zero_shot, new)
