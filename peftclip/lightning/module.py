@@ -15,8 +15,9 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from peftclip.adapters import Adapter
-from peftclip.backbone import BackboneSpec, TextFeatureCache, load_backbone, resolve_templates
+from peftclip.backbone import BackboneSpec, TextFeatureCache, load_backbone
 from peftclip.classifier import PeftClipClassifier
+from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
 from peftclip.precision import (
     PrecisionProfile,
