@@ -9,13 +9,8 @@ from torch import nn
 
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
 from peftclip.adapters.base import HeadInput, implements
-from peftclip.backbone import (
-    FrozenClip,
-    TextFeatureCache,
-    resolve_templates,
-    template_head,
-    zero_shot_head,
-)
+from peftclip.backbone import FrozenClip, TextFeatureCache, template_head, zero_shot_head
+from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
 
 

@@ -45,11 +45,9 @@ def _list(kind: str | None) -> int:
 
         print("\n".join(list_datasets()))
     elif kind == "models":
-        import open_clip
+        from peftclip.backbone import list_models
 
-        import peftclip.backbone  # noqa: F401  (registers peftclip's model configs)
-
-        print("\n".join(open_clip.list_models()))
+        print("\n".join(list_models()))
     else:
         print("usage: peftclip list adapters|datasets|models", file=sys.stderr)
         return 2

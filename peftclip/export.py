@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from peftclip.adapters import Adapter, LoRA, WeightSpaceAdapter
+from peftclip.atomic_files import atomic_path
 from peftclip.backbone import FrozenClip
 from peftclip.backbone.attention import SplitAttention
 from peftclip.errors import PeftClipError
@@ -76,14 +77,12 @@ def open_clip_state_dict(backbone: FrozenClip) -> dict[str, torch.Tensor]:
 def save_open_clip(backbone: FrozenClip, output: str | Path) -> Path:
     """Writes the (merged) backbone as ``.safetensors`` (or a torch file for other suffixes)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     state = open_clip_state_dict(backbone)
-    partial = output.with_name(output.name + ".partial")
-    if output.suffix == ".safetensors":
-        save_file(state, str(partial))
-    else:
-        torch.save(state, partial)
-    partial.replace(output)  # atomic: never a torn checkpoint
+    with atomic_path(output) as partial:  # never a torn checkpoint
+        if output.suffix == ".safetensors":
+            save_file(state, str(partial))
+        else:
+            torch.save(state, partial)
     return output
 
 

@@ -1,71 +1,26 @@
 """Readers of the CoOp benchmark layouts, on fake trees in the exact on-disk formats."""
 
-import json
-
 import pytest
-from PIL import Image
 
-from peftclip.backbone.templates import COOP_TEMPLATES
-from peftclip.data import build_dataset
-from peftclip.data.coop_datasets import ZHOU_LAYOUTS
+from peftclip.data import build_dataset, dataset_definition, dataset_definitions
+from peftclip.data.coop_datasets import read_zhou_split
 from peftclip.data.fewshot import few_shot
 from peftclip.errors import PeftClipError
+from tests.fake_datasets import WNIDS, ZHOU_EXAMPLES, aircraft_tree
+from tests.fake_datasets import classnames_file as _classnames_file
+from tests.fake_datasets import jpeg as _jpeg
+from tests.fake_datasets import zhou_tree as _zhou_tree
 
-# Per dataset: two (relative path, class name) examples in the anchors' naming style.
-ZHOU_EXAMPLES = {
-    "caltech101": [("airplanes/image_0001.jpg", "airplane"), ("Faces/image_0001.jpg", "face")],
-    "oxford_pets": [
-        ("Abyssinian_1.jpg", "abyssinian"),
-        ("american_pit_bull_terrier_1.jpg", "american_pit_bull_terrier"),
-    ],
-    "stanford_cars": [
-        ("cars_train/00001.jpg", "2012 Tesla Model S Sedan"),
-        ("cars_test/00002.jpg", "2007 BMW X5 SUV"),
-    ],
-    "oxford_flowers": [("image_00001.jpg", "pink primrose"), ("image_00002.jpg", "globe thistle")],
-    "food101": [("apple_pie/1005649.jpg", "apple_pie"), ("baby_back_ribs/1.jpg", "baby_back_ribs")],
-    "sun397": [("a/abbey/sun_aaa.jpg", "abbey"), ("a/apse/indoor/sun_b.jpg", "indoor apse")],
-    "dtd": [("banded/banded_0002.jpg", "banded"), ("blotchy/blotchy_0003.jpg", "blotchy")],
-    "eurosat": [
-        ("AnnualCrop/AnnualCrop_1.jpg", "Annual Crop Land"),
-        ("SeaLake/SeaLake_1.jpg", "Sea or Lake"),
-    ],
-    "ucf101": [
-        ("Apply_Eye_Makeup/v_ApplyEyeMakeup_g01_c01.jpg", "Apply_Eye_Makeup"),
-        ("Archery/v_Archery_g01_c01.jpg", "Archery"),
-    ],
-}
+ZHOU_DATASETS = sorted(d.name for d in dataset_definitions() if d.reader is read_zhou_split)
 
 
-def _jpeg(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (6, 6), (10, 200, 30)).save(path)
-
-
-def _zhou_tree(root, name, missing_image=False):
-    layout = ZHOU_LAYOUTS[name]
-    directory = root / layout.directory
-    entries = []
-    for label, (relpath, classname) in enumerate(ZHOU_EXAMPLES[name]):
-        for copy in range(3):
-            rel = relpath.replace(".jpg", f"_{copy}.jpg")
-            entries.append([rel, label, classname])
-            if not (missing_image and copy == 2 and label == 1):
-                _jpeg(directory / layout.image_prefix / rel)
-    split = {"train": entries[0:1] + entries[3:4], "val": entries[1:2] + entries[4:5]}
-    split["test"] = entries[2:3] + entries[5:6]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / layout.split_file).write_text(json.dumps(split))
-    return directory
-
-
-@pytest.mark.parametrize("name", sorted(ZHOU_LAYOUTS))
+@pytest.mark.parametrize("name", ZHOU_DATASETS)
 def test_zhou_split_datasets_read_their_exact_layout(tmp_path, name):
     _zhou_tree(tmp_path, name)
     data = build_dataset(name, str(tmp_path))
     assert data.classnames == [classname for _, classname in ZHOU_EXAMPLES[name]]
     assert {split: len(d) for split, d in data.splits.items()} == {"train": 2, "val": 2, "test": 2}
-    assert data.templates == [COOP_TEMPLATES[name]]
+    assert data.templates == list(dataset_definition(name).templates)
     assert all(path.is_file() for path, _ in data.splits["test"].samples)
     assert [label for _, label in data.splits["train"].samples] == [0, 1]
     assert len(few_shot(data, 1, seed=1).splits["train"]) == 2
@@ -89,28 +44,10 @@ def test_missing_split_file_and_missing_images_fail_clearly(tmp_path):
 
 
 def test_fgvc_aircraft_reads_its_variant_files(tmp_path):
-    directory = tmp_path / "fgvc_aircraft"
-    directory.mkdir()
-    (directory / "variants.txt").write_text("707-320\nA300B4\nBoeing 717\n")
-    for part, lines in {
-        "train": ["0001 A300B4", "0002 Boeing 717"],
-        "val": ["0003 707-320"],
-        "test": ["0004 Boeing 717"],
-    }.items():
-        (directory / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
-        for line in lines:
-            _jpeg(directory / "images" / f"{line.split()[0]}.jpg")
+    aircraft_tree(tmp_path)
     data = build_dataset("fgvc_aircraft", str(tmp_path))
     assert data.classnames == ["707-320", "A300B4", "Boeing 717"]
     assert [label for _, label in data.splits["train"].samples] == [1, 2]
-
-
-WNIDS = [f"n{index:08d}" for index in range(1000)]
-
-
-def _classnames_file(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{wnid} class {index}\n" for index, wnid in enumerate(WNIDS)))
 
 
 def test_imagenet_and_its_flat_val_pitfall(tmp_path):

@@ -8,15 +8,18 @@ import pytest
 
 import peftclip.data.check as check
 from peftclip.cli import main
-from tests.test_coop_datasets import _zhou_tree
-from tests.test_mtil_extras import _cifar, _idx
+from peftclip.data import dataset_definition
+from tests.fake_datasets import cifar_files as _cifar
+from tests.fake_datasets import idx_file as _idx
+from tests.fake_datasets import publish_counts
+from tests.fake_datasets import zhou_tree as _zhou_tree
 
 
 @pytest.fixture
 def pets_root(tmp_path, monkeypatch):
     _zhou_tree(tmp_path, "oxford_pets")
     # The fake tree has 2 classes and 2 images per split: make that the expectation.
-    monkeypatch.setitem(check.EXPECTED, "oxford_pets", (2, 2, 2, 2))
+    publish_counts(monkeypatch, "oxford_pets", 2, 2, 2, 2)
     return tmp_path
 
 
@@ -26,7 +29,7 @@ def test_a_complete_dataset_passes(pets_root, capsys):
 
 
 def test_count_and_class_mismatches_fail(pets_root, monkeypatch):
-    monkeypatch.setitem(check.EXPECTED, "oxford_pets", (37, 2944, 736, 3669))
+    publish_counts(monkeypatch, "oxford_pets", 37, 2944, 736, 3669)
     result = check.check_dataset("oxford_pets", str(pets_root))
     assert result.status == "problem"
     assert "2 classes, expected 37" in result.problems
@@ -51,8 +54,7 @@ def test_missing_split_file_and_missing_datasets(pets_root, monkeypatch):
 
 
 def test_absent_datasets_fail_only_when_named(pets_root, monkeypatch):
-    monkeypatch.setattr(check, "EXPECTED", {"oxford_pets": (2, 2, 2, 2), "dtd": (47, 1, 1, 1)})
-    assert main(["data", "check", "--root", str(pets_root)]) == 0
+    assert main(["data", "check", "--root", str(pets_root)]) == 0  # all others absent
     assert main(["data", "check", "--root", str(pets_root), "dtd"]) == 1
 
 
@@ -67,10 +69,9 @@ def test_unknown_dataset_name_is_a_user_error(tmp_path, capsys):
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     _cifar(tmp_path)  # 6 train / 4 test images, 100 classes
-    monkeypatch.setitem(check.EXPECTED, "cifar100", (100, 6, None, 4))
     directory = tmp_path / "cifar-100-python"
     md5 = {f"cifar-100-python/{n}": _md5(directory / n) for n in ("train", "test", "meta")}
-    monkeypatch.setitem(check.OFFICIAL_MD5, "cifar100", md5)
+    publish_counts(monkeypatch, "cifar100", 100, 6, None, 4, file_md5=md5)
     return tmp_path
 
 
@@ -83,7 +84,7 @@ def mnist_root(tmp_path, monkeypatch):
     _idx(raw / "train-labels-idx1-ubyte", np.array([0, 1, 2]))
     _idx(raw / "t10k-images-idx3-ubyte.gz", images[:2], compress=True)
     _idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([7, 9]), compress=True)
-    monkeypatch.setitem(check.EXPECTED, "mnist", (10, 3, None, 2))
+    publish_counts(monkeypatch, "mnist", 10, 3, None, 2)
     return tmp_path
 
 
@@ -99,8 +100,16 @@ def test_complete_cifar100_and_mnist_pass(cifar_root, mnist_root, capsys):
 
 
 def test_cifar100_and_mnist_counts_are_the_official_ones(cifar_root, mnist_root, monkeypatch):
-    monkeypatch.setitem(check.EXPECTED, "cifar100", (100, 50_000, None, 10_000))
-    monkeypatch.setitem(check.EXPECTED, "mnist", (10, 60_000, None, 10_000))
+    publish_counts(
+        monkeypatch,
+        "cifar100",
+        100,
+        50_000,
+        None,
+        10_000,
+        file_md5=dict(dataset_definition("cifar100").file_md5),
+    )  # the fixture's checksums
+    publish_counts(monkeypatch, "mnist", 10, 60_000, None, 10_000)
     cifar = check.check_dataset("cifar100", str(cifar_root))
     assert cifar.problems == ["train: 6 images, expected 50000", "test: 4 images, expected 10000"]
     mnist = check.check_dataset("mnist", str(mnist_root))
@@ -108,8 +117,9 @@ def test_cifar100_and_mnist_counts_are_the_official_ones(cifar_root, mnist_root,
 
 
 def test_cifar100_file_that_torchvision_would_refuse_is_named(cifar_root, monkeypatch):
-    official = dict(check.OFFICIAL_MD5["cifar100"], **{"cifar-100-python/test": "f0ef6b0a"})
-    monkeypatch.setitem(check.OFFICIAL_MD5, "cifar100", official)
+    cifar = dataset_definition("cifar100")
+    official = dict(cifar.file_md5, **{"cifar-100-python/test": "f0ef6b0a"})
+    publish_counts(monkeypatch, "cifar100", 100, 6, None, 4, file_md5=official)
     result = check.check_dataset("cifar100", str(cifar_root))
     assert result.status == "problem" and len(result.problems) == 1
     assert "cifar-100-python/test' differs from the official file" in result.problems[0]

@@ -1,6 +1,5 @@
 """CIFAR100 and MNIST readers on fake files in torchvision's exact formats."""
 
-import gzip
 import pickle
 
 import numpy as np
@@ -9,20 +8,8 @@ import torch
 
 from peftclip.data import build_dataset
 from peftclip.errors import PeftClipError
-
-
-def _cifar(root, n_train=6, n_test=4):
-    directory = root / "cifar-100-python"
-    directory.mkdir(parents=True)
-    names = [f"class_{i}" for i in range(100)]
-    names[4] = "aquarium_fish"
-    (directory / "meta").write_bytes(pickle.dumps({"fine_label_names": names}))
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        content = {b"data": data, b"fine_labels": list(range(n)), b"coarse_labels": [0] * n}
-        (directory / split).write_bytes(pickle.dumps(content))
-    return data
+from tests.fake_datasets import cifar_files as _cifar
+from tests.fake_datasets import idx_file as _idx
 
 
 def test_cifar100_reads_channel_first_rows_into_rgb_images(tmp_path):
@@ -41,13 +28,6 @@ def test_cifar_pickle_with_foreign_globals_is_refused(tmp_path):
     (tmp_path / "cifar-100-python" / "meta").write_bytes(pickle.dumps({"x": print}))
     with pytest.raises(PeftClipError, match="refused"):
         build_dataset("cifar100", str(tmp_path))
-
-
-def _idx(path, array, compress=False):
-    header = b"\x00\x00\x08" + bytes([array.ndim])
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(payload) if compress else payload)
 
 
 def test_mnist_reads_idx_files_plain_and_gzipped(tmp_path):

@@ -19,46 +19,14 @@ from peftclip.data.mtil_classnames import (
     CALTECH101_CLASSNAMES,
     CALTECH101_FOLDERS,
     EUROSAT_CLASSNAMES,
-    EUROSAT_FOLDERS,
 )
 from peftclip.data.mtil_splits import build_manifest, default_manifest_path, zscl_split
 from peftclip.errors import PeftClipError
-
-
-def _touch(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\xff\xd8 fake jpeg")
-
-
-def _caltech_tree(root):
-    folder = root / "caltech101" / "101_ObjectCategories"
-    for position, category in enumerate(("BACKGROUND_Google", *CALTECH101_FOLDERS)):
-        for number in range(1, 2 + position % 3):
-            _touch(folder / category / f"image_{number:04d}.jpg")
-    return folder
-
-
-def _eurosat_tree(root):
-    folder = root / "eurosat" / "2750"
-    for position, name in enumerate(EUROSAT_FOLDERS):
-        for number in range(1 + position % 4):
-            _touch(folder / name / f"{name}_{number + 1}.jpg")
-    _touch(folder / "Forest" / "extra" / "Forest_0.JPG")  # ImageFolder walks sub-folders…
-    (folder / "Forest" / "notes.txt").write_text("not an image")  # …and skips other files
-    return folder
-
-
-SUN_CLASSES = ["/a/abbey", "/a/apartment_building/outdoor", "/b/bakery/shop", "/b/beach"]
-
-
-def _sun_tree(root):
-    folder = root / "SUN397"
-    folder.mkdir(parents=True)
-    (folder / "ClassName.txt").write_text("\n".join(SUN_CLASSES) + "\n")
-    for position, name in enumerate(SUN_CLASSES):
-        for number in range(2 + position):
-            _touch(folder / name.lstrip("/") / f"sun_{chr(97 + number)}{position}.jpg")
-    return folder
+from tests.fake_datasets import caltech_tree as _caltech_tree
+from tests.fake_datasets import eurosat_tree as _eurosat_tree
+from tests.fake_datasets import jpeg as _touch
+from tests.fake_datasets import publish_counts
+from tests.fake_datasets import sun_tree as _sun_tree
 
 
 def _zscl_reference(dataset):
@@ -215,7 +183,7 @@ def test_data_check_reads_the_manifest(tmp_path, monkeypatch):
     assert check.check_dataset("mtil_eurosat", str(tmp_path)).status == "problem"  # no manifest
     main(["data", "mtil-manifest", "--root", str(tmp_path), "--dataset", "eurosat"])
     n = sum(1 + position % 4 for position in range(10)) + 1
-    monkeypatch.setitem(check.EXPECTED, "mtil_eurosat", (10, int(0.8 * n), None, n - int(0.8 * n)))
+    publish_counts(monkeypatch, "mtil_eurosat", 10, int(0.8 * n), None, n - int(0.8 * n))
     result = check.check_dataset("mtil_eurosat", str(tmp_path), decode=False)
     assert result.status == "ok", result.problems
     assert "mtil_eurosat" not in check.default_names()

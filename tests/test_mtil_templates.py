@@ -2,14 +2,14 @@
 
 import pytest
 
-from peftclip.backbone import resolve_templates
-from peftclip.backbone.templates import MTIL_TEMPLATES, TEMPLATE_SETS
+from peftclip.data import resolve_templates, template_sets
 from peftclip.data.mtil_classnames import (
     CALTECH101_CLASSNAMES,
     CALTECH101_FOLDERS,
     EUROSAT_CLASSNAMES,
     EUROSAT_FOLDERS,
 )
+from peftclip.data.templates import MTIL_TEMPLATES
 
 # dataset: (number of templates, first = training template, last), from ZSCL's sources.
 ZSCL_ENSEMBLES = {
@@ -33,7 +33,7 @@ ZSCL_ENSEMBLES = {
 
 def test_every_mtil_dataset_has_an_ensemble():
     assert set(MTIL_TEMPLATES) == set(ZSCL_ENSEMBLES)
-    assert {name for name in TEMPLATE_SETS if name.startswith("mtil:")} == {
+    assert {name for name in template_sets() if name.startswith("mtil:")} == {
         f"mtil:{name}" for name in ZSCL_ENSEMBLES
     }
 
@@ -57,7 +57,7 @@ def test_mtil_ensembles_spot_checks():
     cifar = MTIL_TEMPLATES["cifar100"]
     assert cifar[2] == "a black and white photo of a {}." and cifar[9] == "a photo of the {}."
     # Food differs from CoOp's "a photo of {}, a type of food." by its article.
-    assert TEMPLATE_SETS["coop:food101"] != TEMPLATE_SETS["mtil:food"]
+    assert template_sets()["coop:food101"] != template_sets()["mtil:food"]
 
 
 def test_zscl_class_names_line_up_with_torchvision_folders():

@@ -8,10 +8,9 @@ import torch
 import yaml
 
 from peftclip.cli import main
-from peftclip.data.coop_datasets import ZHOU_LAYOUTS
 from peftclip.lightning.cli import PeftClipCLI
 from tests.test_adapter_matrix import TINY_SETTINGS
-from tests.test_coop_datasets import WNIDS, _classnames_file, _jpeg, _zhou_tree
+from tests.test_coop_datasets import WNIDS, ZHOU_DATASETS, _classnames_file, _jpeg, _zhou_tree
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 PROMPT_LEARNERS = ["coop", "cocoop", "maple", "ivlp", "vpt_deep"]
@@ -19,7 +18,7 @@ PROMPT_LEARNERS = ["coop", "cocoop", "maple", "ivlp", "vpt_deep"]
 TARGETS = {
     "fewshot": [],
     "dg": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
-    "xd": [*sorted(ZHOU_LAYOUTS), "fgvc_aircraft"],
+    "xd": [*ZHOU_DATASETS, "fgvc_aircraft"],
 }
 TINY = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained", "null",
         "--trainer.precision", "32-true", "--data.num_workers", "0", "--data.shots", "1",
@@ -39,7 +38,7 @@ def data_root(tmp_path_factory):
     _jpeg(root / "imagenet-sketch" / "sketch" / WNIDS[1] / "s.JPEG")
     _jpeg(root / "imagenet-adversarial" / "imagenet-a" / WNIDS[2] / "a.jpg")
     _jpeg(root / "imagenet-rendition" / "imagenet-r" / WNIDS[3] / "r.jpg")
-    for name in ZHOU_LAYOUTS:
+    for name in ZHOU_DATASETS:
         _zhou_tree(root, name)
     aircraft = root / "fgvc_aircraft"
     aircraft.mkdir()

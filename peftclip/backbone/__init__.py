@@ -3,11 +3,11 @@
 from peftclip.backbone.attention import SplitAttention, split_attention
 from peftclip.backbone.frozen_clip import BackboneIdentity, DeepPrompts, FrozenClip
 from peftclip.backbone.loading import BackboneSpec, load_backbone, weights_sha256
+from peftclip.backbone.models import RegisteredModel, list_models, register_model
 from peftclip.backbone.preprocess import BackboneTransforms, backbone_transforms
 from peftclip.backbone.text import (
     TextFeatureCache,
     class_prompts,
-    resolve_templates,
     template_head,
     zero_shot_head,
 )
@@ -18,12 +18,14 @@ __all__ = [
     "BackboneTransforms",
     "DeepPrompts",
     "FrozenClip",
+    "RegisteredModel",
     "SplitAttention",
     "TextFeatureCache",
     "backbone_transforms",
     "class_prompts",
+    "list_models",
     "load_backbone",
-    "resolve_templates",
+    "register_model",
     "split_attention",
     "template_head",
     "weights_sha256",

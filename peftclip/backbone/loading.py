@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
-import importlib
 import logging
 import os
 import zipfile
@@ -17,21 +16,8 @@ import torch
 from open_clip.factory import load_state_dict as read_open_clip_state_dict
 
 from peftclip.backbone.frozen_clip import BackboneIdentity, FrozenClip
+from peftclip.backbone.models import model_config, registered_model
 from peftclip.errors import PeftClipError
-
-_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(_CONFIG_DIR)
-
-#: Tokenizers of peftclip configs that do not use CLIP's BPE, as (module, attribute): imported
-#: only when such a model is loaded.
-_TOKENIZERS = {"peftclip-world-tiny": ("peftclip.world.tokenizer", "WordTokenizer")}
-#: Weights shipped inside the package, by (model name, pretrained tag).
-SHIPPED_WEIGHTS = {
-    ("peftclip-world-tiny", "world"): Path(__file__).parents[1]
-    / "world"
-    / "weights"
-    / "peftclip-world-tiny.safetensors",
-}
 
 
 @dataclass
@@ -64,7 +50,7 @@ def load_backbone(
 
     No network is touched when ``pretrained`` is ``None`` or a local file.
     """
-    config = open_clip.get_model_config(model_name)
+    config = model_config(model_name)
     if config is None:
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
         hint = f" Close matches: {', '.join(close)}." if close else ""
@@ -116,13 +102,12 @@ def _quiet_random_init_warning(weights_follow: bool):
 
 
 def get_tokenizer(model_name: str):
-    """The model's tokenizer: peftclip's own for its word-level configs, else open_clip's."""
-    if model_name in _TOKENIZERS:
-        module, attribute = _TOKENIZERS[model_name]
-        config = open_clip.get_model_config(model_name)
-        return getattr(importlib.import_module(module), attribute)(
-            config["text_cfg"]["context_length"]
-        )
+    """The model's tokenizer: the one it was registered with (the world model's word
+    tokenizer), else open_clip's."""
+    registered = registered_model(model_name)
+    if registered is not None and registered.tokenizer_factory is not None:
+        config = model_config(model_name)
+        return registered.tokenizer_factory(config["text_cfg"]["context_length"])
     return open_clip.get_tokenizer(model_name)
 
 
@@ -130,8 +115,9 @@ def _resolve_pretrained(model_name: str, pretrained: str | None, quick_gelu: boo
     """Validates ``pretrained``; returns the local file path, or ``None`` for a tag / no weights."""
     if not pretrained:
         return None
-    if (model_name, pretrained) in SHIPPED_WEIGHTS:
-        shipped = SHIPPED_WEIGHTS[(model_name, pretrained)]
+    registered = registered_model(model_name)
+    shipped = registered.shipped_weights.get(pretrained) if registered is not None else None
+    if shipped is not None:
         if not shipped.is_file():
             raise PeftClipError(
                 f"the shipped weights '{shipped}' are missing from this installation; reinstall "

@@ -10,6 +10,7 @@ from pathlib import Path
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
+from peftclip.backbone.models import model_config
 from peftclip.errors import PeftClipError
 
 
@@ -29,7 +30,7 @@ def backbone_transforms(model_name: str, pretrained: str | None = None) -> Backb
     normalization and resize settings (a local weights file uses open_clip's defaults, as
     open_clip does). So a data module can build its transforms without the model.
     """
-    config = open_clip.get_model_config(model_name)
+    config = model_config(model_name)
     if config is None:
         close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
         hint = f" Close matches: {', '.join(close)}." if close else ""

@@ -10,31 +10,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from peftclip.atomic_files import atomic_path
 from peftclip.backbone.frozen_clip import FrozenClip
-from peftclip.backbone.templates import TEMPLATE_SETS
 from peftclip.errors import PeftClipError
 
 
-def resolve_templates(templates: str | Sequence[str]) -> list[str]:
-    """Turns a template spec into a list of ``{}`` templates.
+def _checked_templates(templates: Sequence[str]) -> list[str]:
+    """``templates`` as a list, after checking that each has exactly one ``{}`` placeholder.
 
-    Args:
-        templates: A named set (``imagenet80``, ``imagenet_select``, ``coop:<dataset>``), one
-            template string, or a list of template strings.
+    The backbone takes templates already resolved; named sets (``imagenet80``,
+    ``coop:<dataset>``) are resolved by :func:`peftclip.data.templates.resolve_templates`.
     """
     if isinstance(templates, str):
-        templates = TEMPLATE_SETS.get(templates, (templates,))
-    resolved = list(templates)
-    if not resolved:
         raise PeftClipError(
-            "the template list is empty; give at least one template like 'a photo of a {}.'"
+            f"expected a list of templates, got the string {templates!r}; pass [{templates!r}], "
+            "or resolve a named set first with peftclip.data.resolve_templates."
         )
-    for template in resolved:
-        if template.count("{}") != 1:
-            raise PeftClipError(
-                f"template {template!r} must contain exactly one '{{}}' placeholder for the class "
-                f"name, or be one of the named sets: {', '.join(sorted(TEMPLATE_SETS))}."
-            )
+    resolved = list(templates)
+    bad = [template for template in resolved if template.count("{}") != 1]
+    if not resolved or bad:
+        raise PeftClipError(
+            f"templates must be one or more strings with exactly one '{{}}' placeholder for the "
+            f"class name; got {resolved}."
+        )
     return resolved
 
 
@@ -73,16 +71,14 @@ class TextFeatureCache:
     def put(self, key: str, features: torch.Tensor) -> None:
         self._memory[key] = features
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            partial = self.directory / f"{key}.pt.partial"
-            torch.save(features.cpu(), partial)
-            partial.replace(self.directory / f"{key}.pt")  # atomic: no torn file after a crash
+            with atomic_path(self.directory / f"{key}.pt") as partial:
+                torch.save(features.cpu(), partial)
 
 
 def template_head(
     backbone: FrozenClip,
     classnames: Sequence[str],
-    templates: str | Sequence[str],
+    templates: Sequence[str],
     chunk_size: int = 256,
 ) -> torch.Tensor:
     """Normalized class text features ``(classes, embed_dim)`` from a template ensemble.
@@ -91,7 +87,7 @@ def template_head(
     Prompts are encoded ``chunk_size`` at a time so 1000 classes × 80 templates fit in memory.
     Differentiable: weight-space adapters on the text tower train through it.
     """
-    templates = resolve_templates(templates)
+    templates = _checked_templates(templates)
     total = None
     for template in templates:
         prompts = class_prompts(classnames, template)
@@ -112,12 +108,12 @@ def template_head(
 def zero_shot_head(
     backbone: FrozenClip,
     classnames: Sequence[str],
-    templates: str | Sequence[str],
+    templates: Sequence[str],
     chunk_size: int = 256,
     cache: TextFeatureCache | None = None,
 ) -> torch.Tensor:
     """:func:`template_head` of the frozen CLIP, cached by (backbone, templates, class names)."""
-    templates = resolve_templates(templates)
+    templates = _checked_templates(templates)
     key = TextFeatureCache.key(backbone, templates, classnames) if cache is not None else None
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit.to(backbone.model.logit_scale.device)

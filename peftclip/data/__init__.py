@@ -1,29 +1,31 @@
-"""Datasets: registry, readers, torch datasets."""
+"""Datasets: one registry entry per dataset, readers, templates, torch datasets."""
 
-from peftclip.data import (  # noqa: F401  (registers readers)
-    coop_datasets,
-    folders,
-    mtil_extras,
-    mtil_splits,
-)
 from peftclip.data.images import LabeledImageFiles, LabeledImageTensors
 from peftclip.data.registry import (
     SPLITS,
     ClassificationData,
+    DatasetDefinition,
+    PublishedCounts,
     build_dataset,
+    dataset_definition,
+    dataset_definitions,
     list_datasets,
     register_dataset,
 )
+from peftclip.data.templates import resolve_templates, template_sets
 
 __all__ = [
     "SPLITS",
     "ClassificationData",
+    "DatasetDefinition",
     "LabeledImageFiles",
     "LabeledImageTensors",
+    "PublishedCounts",
     "build_dataset",
+    "dataset_definition",
+    "dataset_definitions",
     "list_datasets",
     "register_dataset",
+    "resolve_templates",
+    "template_sets",
 ]
-
-# The world's datasets register after the readers above (they build on peftclip.data).
-from peftclip.world import datasets as _world_datasets  # noqa: F401

@@ -4,58 +4,51 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from peftclip.data.registry import SPLITS, build_dataset
+from peftclip.data.fewshot import base_new_labels
+from peftclip.data.registry import (
+    SPLITS,
+    PublishedCounts,
+    build_dataset,
+    dataset_definition,
+    dataset_definitions,
+)
 from peftclip.errors import DatasetMissing, PeftClipError
 
-#: Classes and train / val / test images of each dataset (specs/datasets.md §1; ImageNet train
-#: is the exact ILSVRC-2012 count). ``None``: the dataset has no such split.
-EXPECTED: dict[str, tuple[int, int | None, int | None, int | None]] = {
-    "imagenet": (1000, 1_281_167, None, 50_000),
-    "caltech101": (100, 4_128, 1_649, 2_465),
-    "oxford_pets": (37, 2_944, 736, 3_669),
-    "stanford_cars": (196, 6_509, 1_635, 8_041),
-    "oxford_flowers": (102, 4_093, 1_633, 2_463),
-    "food101": (101, 50_500, 20_200, 30_300),
-    "fgvc_aircraft": (100, 3_334, 3_333, 3_333),
-    "sun397": (397, 15_880, 3_970, 19_850),
-    "dtd": (47, 2_820, 1_128, 1_692),
-    "eurosat": (10, 13_500, 5_400, 8_100),
-    "ucf101": (101, 7_639, 1_898, 3_783),
-    "imagenetv2": (1000, None, None, 10_000),
-    "imagenet_sketch": (1000, None, None, 50_889),
-    "imagenet_a": (200, None, None, 7_500),
-    "imagenet_r": (200, None, None, 30_000),
-    # MTIL extras (spec §7): official train / test.
-    "cifar100": (100, 50_000, None, 10_000),
-    "mnist": (10, 60_000, None, 10_000),
-    # MTIL random splits (spec §7): train = int(0.8 · N) of the whole set, N = 8,677 (Caltech101
-    # without BACKGROUND_Google), 27,000 (EuroSAT), 108,754 (SUN397). Checked only when named.
-    "mtil_caltech101": (101, 6_941, None, 1_736),
-    "mtil_eurosat": (10, 21_600, None, 5_400),
-    "mtil_sun397": (397, 87_003, None, 21_751),
-}
+
+def checked_names() -> list[str]:
+    """Every dataset ``data check`` knows: the definitions with published counts, in order."""
+    return [d.name for d in dataset_definitions() if d.counts is not None]
 
 
 def default_names() -> list[str]:
-    """The datasets checked when none is named: all but the MTIL split datasets, which need a
-    generated manifest and share their folders with CoOp's eurosat."""
-    return [name for name in EXPECTED if not name.startswith("mtil_")]
+    """The datasets checked when none is named (definitions with ``check_by_default``; not the
+    MTIL split datasets, which need a generated manifest and share CoOp's folders)."""
+    return [d.name for d in dataset_definitions() if d.counts is not None and d.check_by_default]
 
 
-#: MD5 sums of files that torchvision verifies before reading them (its CIFAR100 class, which
-#: ZSCL uses, refuses a file that does not match), by dataset and path under the root.
-OFFICIAL_MD5: dict[str, dict[str, str]] = {
-    "cifar100": {
-        "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
-        "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
-        "cifar-100-python/meta": "7973b15100ade9c7d40fb424638fde48",
-    },
-}
+class _PublishedCountsByName(Mapping):
+    """The published counts of :func:`checked_names`, read from the definitions on each use."""
+
+    def __getitem__(self, name: str) -> PublishedCounts:
+        if name not in checked_names():
+            raise KeyError(name)
+        return dataset_definition(name).counts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(checked_names())
+
+    def __len__(self) -> int:
+        return len(checked_names())
+
+
+#: Name → published counts, a view of the dataset definitions (no copy of its own).
+EXPECTED: Mapping[str, PublishedCounts] = _PublishedCountsByName()
 
 
 @dataclass
@@ -70,8 +63,15 @@ class DatasetCheck:
 
 
 def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> DatasetCheck:
-    """Reads ``name`` under ``root`` and compares it with ``EXPECTED``; with ``decode`` every
-    image header is opened so unreadable files are listed (the first ``limit`` of them)."""
+    """Reads ``name`` under ``root`` and compares it with the published counts and file checksums
+    of its definition; with ``decode`` every image header is opened so unreadable files are
+    listed (the first ``limit`` of them)."""
+    definition = dataset_definition(name)
+    if definition.counts is None:
+        raise PeftClipError(
+            f"dataset '{name}' has no published counts to check a tree against; data check "
+            f"knows {', '.join(checked_names())}."
+        )
     result = DatasetCheck(name)
     try:
         data = build_dataset(name, root)
@@ -83,17 +83,25 @@ def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> 
         result.status = "problem"
         result.problems.append(str(error))
         return result
-    classes, *sizes = EXPECTED[name]
+    counts = definition.counts
     result.classes = len(data.classnames)
-    if result.classes != classes:
-        result.problems.append(f"{result.classes} classes, expected {classes}")
-    for split, expected in zip(SPLITS, sizes, strict=True):
+    if result.classes != counts.classes:
+        result.problems.append(f"{result.classes} classes, expected {counts.classes}")
+    for split in SPLITS:
+        expected = counts.split_size(split)
         found = len(data.splits[split]) if split in data.splits else None
         if found is not None:
             result.counts[split] = found
         if found != expected:
             result.problems.append(f"{split}: {found or 0} images, expected {expected or 0}")
-    for relpath, expected_md5 in OFFICIAL_MD5.get(name, {}).items():
+    if counts.base is not None and result.classes == counts.classes:
+        base, new = (len(labels) for labels in base_new_labels(data))
+        if (base, new) != (counts.base, counts.new):
+            result.problems.append(
+                f"base/new: {base}/{new} classes, expected {counts.base}/{counts.new} (base-to-new "
+                "splits the classes present in train)"
+            )
+    for relpath, expected_md5 in definition.file_md5.items():
         path = Path(root).expanduser() / relpath
         found_md5 = hashlib.md5(path.read_bytes()).hexdigest()
         if found_md5 != expected_md5:

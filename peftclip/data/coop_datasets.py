@@ -4,19 +4,26 @@ Layouts, split sources and pitfalls: specs/datasets.md §1–§3 and §8.1. ``ro
 root ``<DATA>`` that holds one folder per dataset, as CoOp's DATASETS.md prepares it. Nothing is
 ever written into it, and a missing split file is an error (the anchors silently make a new
 random split, which makes numbers incomparable).
+
+Each dataset is one :class:`~peftclip.data.registry.DatasetDefinition` at the end of this
+module: its layout, CoOp's template for it and its published counts. A new dataset in the
+``split_zhou`` layout is one more such entry (CONTRIBUTING.md, "Adding a dataset").
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from peftclip.backbone.templates import COOP_TEMPLATES
 from peftclip.data.images import LabeledImageFiles
-from peftclip.data.listing import class_folders, existing_root, image_files
-from peftclip.data.registry import ClassificationData, register_dataset
+from peftclip.data.listing import FolderLayout, class_folders, existing_root, image_files
+from peftclip.data.registry import (
+    ClassificationData,
+    DatasetDefinition,
+    PublishedCounts,
+    register_dataset,
+)
 from peftclip.errors import DatasetMissing, PeftClipError
 
 _CHECK = "Run `peftclip data check --root <DATA>` after fixing it; see specs/datasets.md §1."
@@ -31,17 +38,8 @@ class ZhouLayout:
     split_file: str
 
 
-ZHOU_LAYOUTS = {
-    "caltech101": ZhouLayout("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
-    "oxford_pets": ZhouLayout("oxford_pets", "images", "split_zhou_OxfordPets.json"),
-    "stanford_cars": ZhouLayout("stanford_cars", "", "split_zhou_StanfordCars.json"),
-    "oxford_flowers": ZhouLayout("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
-    "food101": ZhouLayout("food-101", "images", "split_zhou_Food101.json"),
-    "sun397": ZhouLayout("sun397", "SUN397", "split_zhou_SUN397.json"),
-    "dtd": ZhouLayout("dtd", "images", "split_zhou_DescribableTextures.json"),
-    "eurosat": ZhouLayout("eurosat", "2750", "split_zhou_EuroSAT.json"),
-    "ucf101": ZhouLayout("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
-}
+#: ImageNet's folder: its variants fall back to its ``classnames.txt``.
+_IMAGENET_DIRECTORY = "imagenet"
 
 
 def _dataset_dir(root: str | None, directory: str, name: str) -> Path:
@@ -62,9 +60,12 @@ def _require_files(samples: list[tuple[Path, int]], source: Path) -> None:
         )
 
 
-def read_zhou_split(name: str, root: str | None = None) -> ClassificationData:
-    """A dataset split by its ``split_zhou_<Name>.json`` file, read as-is (spec §2.1)."""
-    layout = ZHOU_LAYOUTS[name]
+def read_zhou_split(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
+    """A dataset split by its ``split_zhou_<Name>.json`` file, read as-is (spec §2.1).
+
+    Class names are those of the split file (CoOp's renaming rules are already applied there).
+    """
+    name, layout = definition.name, definition.layout
     directory = _dataset_dir(root, layout.directory, name)
     split_path = directory / layout.split_file
     if not split_path.is_file():
@@ -93,13 +94,20 @@ def read_zhou_split(name: str, root: str | None = None) -> ClassificationData:
     if sorted(names) != list(range(len(names))):
         raise PeftClipError(f"'{split_path}' labels are not 0…{len(names) - 1}.")
     classnames = [names[label] for label in range(len(names))]
-    template = [COOP_TEMPLATES[name]]
-    return ClassificationData(name, classnames, splits, template, prefix, split_path)
+    templates = list(definition.templates)
+    return ClassificationData(name, classnames, splits, templates, prefix, split_path)
 
 
-def read_fgvc_aircraft(root: str | None = None) -> ClassificationData:
-    """FGVC-Aircraft from its own ``variants.txt`` and ``images_variant_<split>.txt`` (§2.2)."""
-    directory = _dataset_dir(root, "fgvc_aircraft", "fgvc_aircraft")
+def read_fgvc_aircraft(
+    definition: DatasetDefinition, root: str | None = None
+) -> ClassificationData:
+    """FGVC-Aircraft from its own ``variants.txt`` and ``images_variant_<split>.txt`` (§2.2).
+
+    Class names: the lines of ``variants.txt``, in order.
+    """
+    name, layout = definition.name, definition.layout
+    directory = _dataset_dir(root, layout.directory, name)
+    images = directory / layout.image_folders[0]
     variants_file = directory / "variants.txt"
     if not variants_file.is_file():
         raise PeftClipError(
@@ -118,18 +126,17 @@ def read_fgvc_aircraft(root: str | None = None) -> ClassificationData:
                 image_id, variant = line.strip().split(" ", 1)
                 if variant not in label_of:
                     raise PeftClipError(f"'{listing}': variant '{variant}' is not in variants.txt.")
-                samples.append((directory / "images" / f"{image_id}.jpg", label_of[variant]))
+                samples.append((images / f"{image_id}.jpg", label_of[variant]))
         _require_files(samples, listing)
         splits[part] = LabeledImageFiles(samples)
-    template = [COOP_TEMPLATES["fgvc_aircraft"]]
-    return ClassificationData("fgvc_aircraft", classnames, splits, template, directory / "images")
+    return ClassificationData(name, classnames, splits, list(definition.templates), images)
 
 
 def _imagenet_classnames(directory: Path, root: str | None) -> list[tuple[str, str]]:
     """``(wnid, name)`` lines of ``classnames.txt``; variants fall back to ImageNet's copy."""
     for candidate in (
         directory / "classnames.txt",
-        Path(root or "") / "imagenet" / "classnames.txt",
+        Path(root or "") / _IMAGENET_DIRECTORY / "classnames.txt",
     ):
         if candidate.is_file():
             lines = [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
@@ -149,14 +156,19 @@ def _folder_samples(folders: list[Path], label_of: dict[str, int]) -> list[tuple
     return [(file, label_of[folder.name]) for folder in folders for file in image_files(folder)]
 
 
-def read_imagenet(root: str | None = None) -> ClassificationData:
-    """ImageNet: ``images/{train,val}/<wnid>/`` + ``classnames.txt``; test = ILSVRC val, no val."""
-    directory = _dataset_dir(root, "imagenet", "imagenet")
+def read_imagenet(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
+    """ImageNet: ``images/{train,val}/<wnid>/`` + ``classnames.txt``; test = ILSVRC val, no val.
+
+    Class names: ``classnames.txt`` in sorted wnid order.
+    """
+    name, layout = definition.name, definition.layout
+    directory = _dataset_dir(root, layout.directory, name)
+    images = directory / layout.image_folders[0]
     pairs = _imagenet_classnames(directory, root)
     label_of = {wnid: label for label, (wnid, _) in enumerate(sorted(pairs))}
     splits = {}
     for part, folder in (("train", "train"), ("test", "val")):
-        base = directory / "images" / folder
+        base = images / folder
         if not base.is_dir():
             raise PeftClipError(f"'{base}' is missing. {_CHECK}")
         folders = class_folders(base)
@@ -172,42 +184,43 @@ def read_imagenet(root: str | None = None) -> ClassificationData:
                 f"{len(folders)} folders; unknown ones: {', '.join(unknown[:5]) or 'none'}."
             )
         splits[part] = LabeledImageFiles(_folder_samples(folders, label_of))
-    classnames = [name for _, name in sorted(pairs)]
-    template = [COOP_TEMPLATES["imagenet"]]
-    return ClassificationData("imagenet", classnames, splits, template, directory / "images")
+    classnames = [classname for _, classname in sorted(pairs)]
+    return ClassificationData(name, classnames, splits, list(definition.templates), images)
 
 
-def read_imagenetv2(root: str | None = None) -> ClassificationData:
+def read_imagenetv2(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
     """ImageNet-V2 matched-frequency: folders ``0…999`` ↦ the i-th wnid (numeric order)."""
-    directory = _dataset_dir(root, "imagenetv2", "imagenetv2")
+    name, layout = definition.name, definition.layout
+    directory = _dataset_dir(root, layout.directory, name)
     pairs = _imagenet_classnames(directory, root)
-    base = directory / "imagenetv2-matched-frequency-format-val"
+    base = directory / layout.image_folders[0]
     if not base.is_dir():
         raise PeftClipError(f"'{base}' is missing. {_CHECK}")
     # Numeric, not string, order: sorting "10" before "2" would mislabel 990 classes (§8.1).
     folders = sorted(class_folders(base), key=lambda folder: int(folder.name))
     samples = [(file, int(folder.name)) for folder in folders for file in image_files(folder)]
-    classnames = [name for _, name in pairs]
-    template = COOP_TEMPLATES["imagenetv2"]
-    return ClassificationData(
-        "imagenetv2", classnames, {"test": LabeledImageFiles(samples)}, [template]
-    )
+    classnames = [classname for _, classname in pairs]
+    test = {"test": LabeledImageFiles(samples)}
+    return ClassificationData(name, classnames, test, list(definition.templates))
 
 
-def read_imagenet_sketch(root: str | None = None) -> ClassificationData:
+def read_imagenet_sketch(
+    definition: DatasetDefinition, root: str | None = None
+) -> ClassificationData:
     """ImageNet-Sketch: ``images/<wnid>/`` (or the archive's own ``sketch/<wnid>/``)."""
-    directory = _dataset_dir(root, "imagenet-sketch", "imagenet_sketch")
+    name, layout = definition.name, definition.layout
+    directory = _dataset_dir(root, layout.directory, name)
     pairs = _imagenet_classnames(directory, root)
-    base = next((directory / n for n in ("images", "sketch") if (directory / n).is_dir()), None)
+    folders = layout.image_folders
+    base = next((directory / n for n in folders if (directory / n).is_dir()), None)
     if base is None:
-        raise PeftClipError(f"'{directory}' has neither images/ nor sketch/. {_CHECK}")
+        listed = " nor ".join(f"{folder}/" for folder in folders)
+        raise PeftClipError(f"'{directory}' has neither {listed}. {_CHECK}")
     label_of = {wnid: label for label, (wnid, _) in enumerate(sorted(pairs))}
     samples = _folder_samples([f for f in class_folders(base) if f.name in label_of], label_of)
-    classnames = [name for _, name in sorted(pairs)]
-    template = COOP_TEMPLATES["imagenet_sketch"]
-    return ClassificationData(
-        "imagenet_sketch", classnames, {"test": LabeledImageFiles(samples)}, [template]
-    )
+    classnames = [classname for _, classname in sorted(pairs)]
+    test = {"test": LabeledImageFiles(samples)}
+    return ClassificationData(name, classnames, test, list(definition.templates))
 
 
 #: Scoring modes of ImageNet-A/-R (specs/datasets.md §8.1).
@@ -215,7 +228,7 @@ SUBSET_HEADS = ("200", "masked1000")
 
 
 def read_imagenet_subset(
-    name: str, directory: str, folder: str, root: str | None = None, head: str = "200"
+    definition: DatasetDefinition, root: str | None = None, head: str = "200"
 ) -> ClassificationData:
     """ImageNet-A / -R: 200 wnid folders (README.txt beside them is ignored).
 
@@ -227,15 +240,16 @@ def read_imagenet_subset(
             and predicts the argmax over the masked columns. The dataset is then named
             ``<name>:masked1000`` so result records name the mode.
     """
+    name, layout = definition.name, definition.layout
     if head not in SUBSET_HEADS:
         raise PeftClipError(
             f"dataset '{name}' takes head '200' (CoOp: a head of its 200 classes) or "
             f"'masked1000' (ZSCL: ImageNet's 1000-class head, masked); got '{head}'."
         )
-    path = _dataset_dir(root, directory, name)
+    path = _dataset_dir(root, layout.directory, name)
     pairs = _imagenet_classnames(path, root)
     names = dict(pairs)
-    base = path / folder
+    base = path / layout.image_folders[0]
     if not base.is_dir():
         raise PeftClipError(f"'{base}' is missing. {_CHECK}")
     folders = class_folders(base)
@@ -244,7 +258,7 @@ def read_imagenet_subset(
         raise PeftClipError(
             f"'{base}' has folders that are not ImageNet wnids: {', '.join(unknown[:5])}."
         )
-    template = [COOP_TEMPLATES[name]]
+    template = list(definition.templates)
     if head == "masked1000":
         # ImageNet's label order: the sorted wnids (as read_imagenet labels its folders).
         imagenet_label = {wnid: label for label, (wnid, _) in enumerate(sorted(pairs))}
@@ -260,15 +274,158 @@ def read_imagenet_subset(
     return ClassificationData(name, classnames, {"test": LabeledImageFiles(samples)}, template)
 
 
-for _name in ZHOU_LAYOUTS:
-    register_dataset(_name, partial(read_zhou_split, _name))
-register_dataset("fgvc_aircraft", read_fgvc_aircraft)
-register_dataset("imagenet", read_imagenet)
-register_dataset("imagenetv2", read_imagenetv2)
-register_dataset("imagenet_sketch", read_imagenet_sketch)
+# ---------------------------------------------------------------------------- definitions
+# Templates: CoOp's hand-crafted one per dataset (CoOp ``trainers/zsclip.py``). Counts: classes
+# and train / val / test images of the distributed splits (ImageNet train is the exact ILSVRC-2012
+# count; ``None``: no such split), and the base / new classes of base-to-new generalization
+# (docs/datasets.md, docs/protocols/base-to-new.md).
 register_dataset(
-    "imagenet_a", partial(read_imagenet_subset, "imagenet_a", "imagenet-adversarial", "imagenet-a")
+    DatasetDefinition(
+        "imagenet",
+        read_imagenet,
+        FolderLayout(_IMAGENET_DIRECTORY, ("images",)),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(1000, 1_281_167, None, 50_000, base=500, new=500),
+        benchmark="coop",
+    )
 )
 register_dataset(
-    "imagenet_r", partial(read_imagenet_subset, "imagenet_r", "imagenet-rendition", "imagenet-r")
+    DatasetDefinition(
+        "caltech101",
+        read_zhou_split,
+        ZhouLayout("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json"),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(100, 4_128, 1_649, 2_465, base=50, new=50),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "oxford_pets",
+        read_zhou_split,
+        ZhouLayout("oxford_pets", "images", "split_zhou_OxfordPets.json"),
+        templates=("a photo of a {}, a type of pet.",),
+        counts=PublishedCounts(37, 2_944, 736, 3_669, base=19, new=18),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "stanford_cars",
+        read_zhou_split,
+        ZhouLayout("stanford_cars", "", "split_zhou_StanfordCars.json"),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(196, 6_509, 1_635, 8_041, base=98, new=98),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "oxford_flowers",
+        read_zhou_split,
+        ZhouLayout("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json"),
+        templates=("a photo of a {}, a type of flower.",),
+        counts=PublishedCounts(102, 4_093, 1_633, 2_463, base=51, new=51),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "food101",
+        read_zhou_split,
+        ZhouLayout("food-101", "images", "split_zhou_Food101.json"),
+        templates=("a photo of {}, a type of food.",),
+        counts=PublishedCounts(101, 50_500, 20_200, 30_300, base=51, new=50),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "fgvc_aircraft",
+        read_fgvc_aircraft,
+        FolderLayout("fgvc_aircraft", ("images",)),
+        templates=("a photo of a {}, a type of aircraft.",),
+        counts=PublishedCounts(100, 3_334, 3_333, 3_333, base=50, new=50),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "sun397",
+        read_zhou_split,
+        ZhouLayout("sun397", "SUN397", "split_zhou_SUN397.json"),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(397, 15_880, 3_970, 19_850, base=199, new=198),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "dtd",
+        read_zhou_split,
+        ZhouLayout("dtd", "images", "split_zhou_DescribableTextures.json"),
+        templates=("{} texture.",),
+        counts=PublishedCounts(47, 2_820, 1_128, 1_692, base=24, new=23),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "eurosat",
+        read_zhou_split,
+        ZhouLayout("eurosat", "2750", "split_zhou_EuroSAT.json"),
+        templates=("a centered satellite photo of {}.",),
+        counts=PublishedCounts(10, 13_500, 5_400, 8_100, base=5, new=5),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "ucf101",
+        read_zhou_split,
+        ZhouLayout("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
+        templates=("a photo of a person doing {}.",),
+        counts=PublishedCounts(101, 7_639, 1_898, 3_783, base=51, new=50),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "imagenetv2",
+        read_imagenetv2,
+        FolderLayout("imagenetv2", ("imagenetv2-matched-frequency-format-val",)),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(1000, None, None, 10_000),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "imagenet_sketch",
+        read_imagenet_sketch,
+        FolderLayout("imagenet-sketch", ("images", "sketch")),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(1000, None, None, 50_889),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "imagenet_a",
+        read_imagenet_subset,
+        FolderLayout("imagenet-adversarial", ("imagenet-a",)),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(200, None, None, 7_500),
+        benchmark="coop",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "imagenet_r",
+        read_imagenet_subset,
+        FolderLayout("imagenet-rendition", ("imagenet-r",)),
+        templates=("a photo of a {}.",),
+        counts=PublishedCounts(200, None, None, 30_000),
+        benchmark="coop",
+    )
 )

@@ -13,6 +13,7 @@ import pickle
 import re
 from pathlib import Path
 
+from peftclip.atomic_files import write_text_atomically
 from peftclip.data.fewshot import MANIFEST_FORMAT, manifest_path, source_sha256
 from peftclip.data.registry import ClassificationData
 from peftclip.errors import PeftClipError
@@ -104,8 +105,7 @@ def import_dassl_pkl(
         **entries,
     }
     output = manifest_path(cache_dir, data.name, shots, seed, SAMPLER)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomically(output, json.dumps(manifest, indent=1) + "\n")
     return output
 
 

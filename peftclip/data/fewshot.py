@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from peftclip.atomic_files import write_text_atomically
 from peftclip.data.registry import ClassificationData
 from peftclip.errors import PeftClipError
 
@@ -120,10 +121,7 @@ def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:
         **entries,
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(manifest, indent=1) + "\n")
-        partial.replace(path)
+        write_text_atomically(path, json.dumps(manifest, indent=1) + "\n")
     except OSError as error:
         raise PeftClipError(
             f"cannot write the few-shot manifest '{path}' ({error.strerror}); the data root may be "
@@ -160,18 +158,29 @@ def _apply_manifest(data: ClassificationData, path: Path) -> ClassificationData:
     return replace(data, splits=splits)
 
 
+def base_new_labels(data: ClassificationData) -> tuple[list[int], list[int]]:
+    """The base and new classes: of the n labels present in train (all classes without a train
+    split), sorted, the first ⌈n/2⌉ are base and the rest new (docs/protocols/base-to-new.md).
+
+    ``data check`` compares their sizes with the published ones of the dataset's definition.
+    """
+    if "train" in data.splits:
+        labels = sorted(set(data.splits["train"].targets))
+    else:
+        labels = list(range(len(data.classnames)))
+    m = math.ceil(len(labels) / 2)
+    return labels[:m], labels[m:]
+
+
 def base_new_split(data: ClassificationData, half: str) -> ClassificationData:
-    """The ``base`` (first ⌈n/2⌉ sorted labels) or ``new`` (the rest) half, relabelled from 0.
+    """The ``base`` or ``new`` half (:func:`base_new_labels`), relabelled from 0.
 
     Applied to every split; class names are kept (spec protocols.md §4.3).
     """
     if half not in ("base", "new"):
         raise PeftClipError(f"subsample must be 'all', 'base' or 'new', got '{half}'.")
-    labels = sorted(
-        set(data.splits["train"].targets if "train" in data.splits else range(len(data.classnames)))
-    )
-    m = math.ceil(len(labels) / 2)
-    kept = labels[:m] if half == "base" else labels[m:]
+    base, new = base_new_labels(data)
+    kept = base if half == "base" else new
     relabel = {label: index for index, label in enumerate(kept)}
     splits = {
         split: dataset.subset(

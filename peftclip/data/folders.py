@@ -7,18 +7,18 @@ from pathlib import Path
 
 from peftclip.data.images import LabeledImageFiles
 from peftclip.data.listing import IMAGE_SUFFIXES, class_folders, existing_root, image_files
-from peftclip.data.registry import SPLITS, ClassificationData, register_dataset
+from peftclip.data.registry import SPLITS, ClassificationData, DatasetDefinition, register_dataset
 from peftclip.errors import PeftClipError
 
 
 def build_image_folder(
-    root: str | None = None, template: str = "a photo of a {}."
+    definition: DatasetDefinition, root: str | None = None, template: str | None = None
 ) -> ClassificationData:
     """``root/<split>/<class>/<image>`` for splits train/val/test (any subset), or
     ``root/<class>/<image>`` (then everything is the ``test`` split, e.g. for zero-shot).
 
     Class names are the folder names (sorted; label = index). A class folder without images
-    is an error: a run never silently drops a class.
+    is an error: a run never silently drops a class. ``template`` replaces the default one.
     """
     path = existing_root(root, "a folder with one sub-folder of images per class")
     split_dirs = {split: path / split for split in SPLITS if (path / split).is_dir()}
@@ -46,15 +46,19 @@ def build_image_folder(
                 "the folders; classes are never dropped silently."
             )
         splits[split] = LabeledImageFiles(samples)
-    return ClassificationData("image_folder", classnames, splits, [template], image_root=path)
+    templates = [template] if template else list(definition.templates)
+    return ClassificationData(definition.name, classnames, splits, templates, image_root=path)
 
 
-def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> ClassificationData:
+def build_csv(
+    definition: DatasetDefinition, root: str | None = None, template: str | None = None
+) -> ClassificationData:
     """CSV files with a ``path,label`` header: ``root/{train,val,test}.csv`` (any subset) or a
     single CSV file (then it is the ``test`` split).
 
     ``label`` is a class name. Class order is ``classnames.txt`` next to the CSVs (one name per
     line) when present, else the sorted set of labels. Relative paths are relative to the CSV.
+    ``template`` replaces the default one.
     """
     path = existing_root(root, "a CSV file or a folder of train/val/test.csv")
     files = (
@@ -90,7 +94,8 @@ def build_csv(root: str | None = None, template: str = "a photo of a {}.") -> Cl
             [(file, label_of[label]) for file, label, _ in split_rows]
         )
     csv_folder = path.parent if path.is_file() else path
-    return ClassificationData("csv", classnames, splits, [template], image_root=csv_folder)
+    templates = [template] if template else list(definition.templates)
+    return ClassificationData(definition.name, classnames, splits, templates, image_root=csv_folder)
 
 
 def _read_csv(file: Path) -> list[tuple[Path, str, int]]:
@@ -109,5 +114,6 @@ def _read_csv(file: Path) -> list[tuple[Path, str, int]]:
     return rows
 
 
-register_dataset("image_folder", build_image_folder)
-register_dataset("csv", build_csv)
+# The root is the dataset's own folder (or CSV file), not a data root of several datasets.
+register_dataset(DatasetDefinition("image_folder", build_image_folder))
+register_dataset(DatasetDefinition("csv", build_csv))

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from peftclip.errors import PeftClipError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Where a dataset read from plain folders lives under the data root ``<DATA>``.
+
+    Attributes:
+        directory: The dataset's folder, ``<DATA>/<directory>``.
+        image_folders: Candidate image folders inside it, in order of preference (the first
+            that exists is read; ImageNet-Sketch accepts its archive's ``sketch/`` too).
+    """
+
+    directory: str
+    image_folders: tuple[str, ...] = ()
 
 
 def existing_root(root: str | None, what: str) -> Path:

@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peftclip.backbone.templates import MTIL_TEMPLATES
 from peftclip.data.images import LabeledImageTensors
-from peftclip.data.listing import existing_root
-from peftclip.data.registry import ClassificationData, register_dataset
+from peftclip.data.listing import FolderLayout, existing_root
+from peftclip.data.registry import (
+    ClassificationData,
+    DatasetDefinition,
+    PublishedCounts,
+    register_dataset,
+)
+from peftclip.data.templates import MTIL_TEMPLATES
 from peftclip.errors import DatasetMissing, PeftClipError
 
-MNIST_CLASSNAMES = [
-    f"{digit} - {word}"
-    for digit, word in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    )
-]
 #: The globals a CIFAR pickle needs to rebuild its numpy arrays, and nothing else.
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -74,13 +73,14 @@ def _cifar_entry(content: dict, key: str, path: Path):
     return content[key]
 
 
-def read_cifar100(root: str | None = None) -> ClassificationData:
+def read_cifar100(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
     """CIFAR-100: official train (50,000) / test (10,000); torchvision's fine class names."""
-    directory = (
-        existing_root(root, "the data root that holds cifar-100-python/") / "cifar-100-python"
-    )
+    folder = definition.layout.directory
+    directory = existing_root(root, f"the data root that holds {folder}/") / folder
     if not directory.is_dir():
-        raise DatasetMissing(f"dataset 'cifar100' expects the folder '{directory}'.", directory)
+        raise DatasetMissing(
+            f"dataset '{definition.name}' expects the folder '{directory}'.", directory
+        )
     meta = _cifar_file(directory, "meta")
     classnames = list(_cifar_entry(meta, "fine_label_names", directory / "meta"))
     splits = {}
@@ -96,8 +96,7 @@ def read_cifar100(root: str | None = None) -> ClassificationData:
         pixels = rows.reshape(-1, 3, 32, 32)
         images = torch.from_numpy(pixels.transpose(0, 2, 3, 1).copy())  # (n, H, W, RGB)
         splits[split] = LabeledImageTensors(images, torch.tensor(labels, dtype=torch.long))
-    # ZSCL trains with the first template of its ensemble (``templates: mtil:cifar100``).
-    return ClassificationData("cifar100", classnames, splits, [MTIL_TEMPLATES["cifar100"][0]])
+    return ClassificationData(definition.name, classnames, splits, list(definition.templates))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -123,11 +122,12 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_mnist(root: str | None = None) -> ClassificationData:
-    """MNIST: official train (60,000) / test (10,000); class names "0 - zero" … "9 - nine"."""
-    raw = existing_root(root, "the data root that holds MNIST/raw/") / "MNIST" / "raw"
+def read_mnist(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
+    """MNIST: official train (60,000) / test (10,000); the definition's class names."""
+    folder = definition.layout.directory
+    raw = existing_root(root, f"the data root that holds {folder}/") / folder
     if not raw.is_dir():
-        raise DatasetMissing(f"dataset 'mnist' expects the folder '{raw}'.", raw)
+        raise DatasetMissing(f"dataset '{definition.name}' expects the folder '{raw}'.", raw)
     splits = {}
     for split, stem in (("train", "train"), ("test", "t10k")):
         arrays = []
@@ -149,8 +149,41 @@ def read_mnist(root: str | None = None) -> ClassificationData:
         gray = torch.from_numpy(arrays[0].copy())
         images = gray.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous()  # grey → RGB
         splits[split] = LabeledImageTensors(images, torch.from_numpy(arrays[1].astype(np.int64)))
-    return ClassificationData("mnist", MNIST_CLASSNAMES, splits, [MTIL_TEMPLATES["mnist"][0]])
+    classnames = list(definition.classnames)
+    return ClassificationData(definition.name, classnames, splits, list(definition.templates))
 
 
-register_dataset("cifar100", read_cifar100)
-register_dataset("mnist", read_mnist)
+# ZSCL trains with the first template of its ensemble (``templates: mtil:<dataset>`` is the
+# whole ensemble); counts: the official train / test splits.
+register_dataset(
+    DatasetDefinition(
+        "cifar100",
+        read_cifar100,
+        FolderLayout("cifar-100-python"),
+        templates=MTIL_TEMPLATES["cifar100"][:1],
+        counts=PublishedCounts(100, 50_000, None, 10_000),
+        # torchvision's CIFAR100 class (which ZSCL uses) refuses files that do not match.
+        file_md5={
+            "cifar-100-python/train": "16019d7e3df5f24257cddd939b257f8d",
+            "cifar-100-python/test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+            "cifar-100-python/meta": "7973b15100ade9c7d40fb424638fde48",
+        },
+        benchmark="mtil",
+    )
+)
+register_dataset(
+    DatasetDefinition(
+        "mnist",
+        read_mnist,
+        FolderLayout("MNIST/raw"),
+        templates=MTIL_TEMPLATES["mnist"][:1],
+        classnames=tuple(
+            f"{digit} - {word}"
+            for digit, word in enumerate(
+                ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+            )
+        ),
+        counts=PublishedCounts(10, 60_000, None, 10_000),
+        benchmark="mtil",
+    )
+)

@@ -23,13 +23,12 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import random_split
 
-from peftclip.backbone.templates import MTIL_TEMPLATES
+from peftclip.atomic_files import write_text_atomically
 from peftclip.data.images import LabeledImageFiles
 from peftclip.data.listing import existing_root, folder_entries
 from peftclip.data.mtil_classnames import (
@@ -38,7 +37,13 @@ from peftclip.data.mtil_classnames import (
     EUROSAT_CLASSNAMES,
     EUROSAT_FOLDERS,
 )
-from peftclip.data.registry import ClassificationData, register_dataset
+from peftclip.data.registry import (
+    ClassificationData,
+    DatasetDefinition,
+    PublishedCounts,
+    register_dataset,
+)
+from peftclip.data.templates import MTIL_TEMPLATES
 from peftclip.errors import DatasetMissing, PeftClipError
 
 MANIFEST_FORMAT = "peftclip-mtil-split/1"
@@ -169,25 +174,6 @@ def list_sun397(folder: Path) -> Listing:
     return [name.replace("_", " ") for name in raw_names], items
 
 
-MTIL_SPLIT_LAYOUTS: dict[str, MtilSplitLayout] = {
-    "caltech101": MtilSplitLayout(
-        ("caltech101/101_ObjectCategories", "caltech-101/101_ObjectCategories"),
-        list_caltech101,
-        "torchvision Caltech101: sorted categories, image_0001… per category",
-    ),
-    "eurosat": MtilSplitLayout(
-        ("eurosat/2750",),
-        list_eurosat,
-        "torchvision EuroSAT (ImageFolder): sorted classes, sorted walk per class",
-    ),
-    "sun397": MtilSplitLayout(
-        ("SUN397", "sun397/SUN397"),
-        list_sun397,
-        "sorted relative paths of sun_*.jpg (torchvision/ZSCL use unsorted rglob order)",
-    ),
-}
-
-
 def zscl_split(count: int) -> tuple[list[int], list[int]]:
     """ZSCL's ``split_dataset`` on ``count`` items: the train and test positions, in the order
     ``random_split`` yields them."""
@@ -281,10 +267,7 @@ def write_manifest(manifest: dict, path: Path, force: bool = False) -> str:
             "elsewhere."
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial_path = path.with_suffix(".json.partial")
-        partial_path.write_text(text)
-        partial_path.replace(path)
+        write_text_atomically(path, text)
     except OSError as error:
         raise PeftClipError(
             f"cannot write '{path}' ({error.strerror}); the data root may be read-only. Pass "
@@ -326,7 +309,7 @@ def find_manifest(
 
 
 def read_mtil_split(
-    name: str,
+    definition: DatasetDefinition,
     root: str | None = None,
     manifest: str | None = None,
     cache_dir: str | None = None,
@@ -334,13 +317,13 @@ def read_mtil_split(
     """An MTIL dataset split by its manifest (train / test; ZSCL's class names).
 
     Args:
-        name: ``caltech101``, ``eurosat`` or ``sun397``.
+        definition: ``mtil_caltech101``, ``mtil_eurosat`` or ``mtil_sun397``.
         root: MTIL data root (torchvision layout) or CoOp data root.
         manifest: Path of the manifest; default: the shipped one, else
             ``<cache_dir>/mtil/<name>.json``.
         cache_dir: Default ``<root>/.peftclip``.
     """
-    key = _dataset_key(name)
+    key = _dataset_key(definition.name)
     folder = image_folder(root, key)
     path = find_manifest(root, key, manifest, cache_dir)
     try:
@@ -371,8 +354,8 @@ def read_mtil_split(
                 f"manifest of this tree with `peftclip data mtil-manifest --dataset {key}`."
             )
         splits[split] = LabeledImageFiles(samples)
-    template = MTIL_TEMPLATES[key][0]  # ZSCL trains with the first; mtil:<key> is the ensemble
-    return ClassificationData(f"mtil_{key}", classnames, splits, [template], folder, path)
+    templates = list(definition.templates)
+    return ClassificationData(definition.name, classnames, splits, templates, folder, path)
 
 
 def mtil_manifest_command(argv: list[str]) -> int:
@@ -402,5 +385,55 @@ def mtil_manifest_command(argv: list[str]) -> int:
     return 0
 
 
-for _key in MTIL_SPLIT_LAYOUTS:
-    register_dataset(f"mtil_{_key}", partial(read_mtil_split, _key))
+# Templates: ZSCL trains with the first of its ensemble (``mtil:<dataset>`` is the whole one).
+# Counts: train = int(0.8 · N) of the whole set, N = 8,677 (Caltech101 without
+# BACKGROUND_Google), 27,000 (EuroSAT), 108,754 (SUN397). Checked only when named: they need a
+# generated manifest and share their folders with CoOp's datasets.
+_DEFINITIONS = (
+    DatasetDefinition(
+        "mtil_caltech101",
+        read_mtil_split,
+        MtilSplitLayout(
+            ("caltech101/101_ObjectCategories", "caltech-101/101_ObjectCategories"),
+            list_caltech101,
+            "torchvision Caltech101: sorted categories, image_0001… per category",
+        ),
+        templates=MTIL_TEMPLATES["caltech101"][:1],
+        counts=PublishedCounts(101, 6_941, None, 1_736),
+        check_by_default=False,
+        benchmark="mtil",
+    ),
+    DatasetDefinition(
+        "mtil_eurosat",
+        read_mtil_split,
+        MtilSplitLayout(
+            ("eurosat/2750",),
+            list_eurosat,
+            "torchvision EuroSAT (ImageFolder): sorted classes, sorted walk per class",
+        ),
+        templates=MTIL_TEMPLATES["eurosat"][:1],
+        counts=PublishedCounts(10, 21_600, None, 5_400),
+        check_by_default=False,
+        benchmark="mtil",
+    ),
+    DatasetDefinition(
+        "mtil_sun397",
+        read_mtil_split,
+        MtilSplitLayout(
+            ("SUN397", "sun397/SUN397"),
+            list_sun397,
+            "sorted relative paths of sun_*.jpg (torchvision/ZSCL use unsorted rglob order)",
+        ),
+        templates=MTIL_TEMPLATES["sun397"][:1],
+        counts=PublishedCounts(397, 87_003, None, 21_751),
+        check_by_default=False,
+        benchmark="mtil",
+    ),
+)
+for _definition in _DEFINITIONS:
+    register_dataset(_definition)
+#: The layouts of the randomly split datasets, by ZSCL's name (``caltech101``), from their
+#: definitions.
+MTIL_SPLIT_LAYOUTS: dict[str, MtilSplitLayout] = {
+    definition.name.removeprefix("mtil_"): definition.layout for definition in _DEFINITIONS
+}

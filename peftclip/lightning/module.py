@@ -17,14 +17,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from peftclip.adapters import Adapter, StepContext, TrainingFeatures
 from peftclip.adapters.base import implements
-from peftclip.backbone import (
-    BackboneSpec,
-    FrozenClip,
-    TextFeatureCache,
-    load_backbone,
-    resolve_templates,
-)
+from peftclip.backbone import BackboneSpec, FrozenClip, TextFeatureCache, load_backbone
 from peftclip.classifier import PeftClipClassifier
+from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
 from peftclip.precision import (
     PrecisionProfile,

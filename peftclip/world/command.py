@@ -7,10 +7,9 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from peftclip.backbone.loading import SHIPPED_WEIGHTS
+from peftclip.world.model import SHIPPED_WEIGHTS as SHIPPED
 from peftclip.world.pretrain import PretrainConfig, pretrain
 
-SHIPPED = SHIPPED_WEIGHTS[("peftclip-world-tiny", "world")]
 #: A seconds-long run with tiny batches, for CI: proves the command works, not the model.
 SMOKE = {"steps": 4, "batch_size": 16, "warmup": 2}
 

@@ -21,7 +21,7 @@ from functools import partial
 import torch
 
 from peftclip.data.images import LabeledImageTensors
-from peftclip.data.registry import ClassificationData, register_dataset
+from peftclip.data.registry import ClassificationData, DatasetDefinition, register_dataset
 from peftclip.world.render import render
 from peftclip.world.scenes import (
     BACKGROUNDS,
@@ -87,6 +87,7 @@ def _balanced_scenes(task: WorldTask, per_class: int, seed: int) -> tuple[Scenes
 
 
 def build_world_dataset(
+    definition: DatasetDefinition,
     root: str | None = None,
     task: str = "world_objects",
     shift: str | None = None,
@@ -98,6 +99,7 @@ def build_world_dataset(
     """Renders a world task. ``root`` is unused (nothing is read from disk).
 
     Args:
+        definition: The registry entry (its class names and templates are the task's).
         task: One of ``TASKS``.
         shift: A domain shift applied to the test images (the shifted dataset is test-only).
         severity: Shift severity in [0, 1].
@@ -117,13 +119,21 @@ def build_world_dataset(
         if shift is not None:
             images = apply_shift(shift, images, mask, severity, generator)
         rendered[split] = LabeledImageTensors(images, labels)
-    name = task if shift is None else f"{task}_{shift}"
-    return ClassificationData(name, list(spec.classnames), rendered, [spec.template])
+    classnames, templates = list(definition.classnames), list(definition.templates)
+    return ClassificationData(definition.name, classnames, rendered, templates)
+
+
+def _definition(task: str, shift: str | None = None) -> DatasetDefinition:
+    return DatasetDefinition(
+        task if shift is None else f"{task}_{shift}",
+        partial(build_world_dataset, task=task, shift=shift),
+        templates=(TASKS[task].template,),
+        classnames=TASKS[task].classnames,
+        benchmark="world",
+    )
 
 
 for _task in TASKS:
-    register_dataset(_task, partial(build_world_dataset, task=_task))
+    register_dataset(_definition(_task))
 for _shift in SHIFTS:
-    register_dataset(
-        f"world_objects_{_shift}", partial(build_world_dataset, task="world_objects", shift=_shift)
-    )
+    register_dataset(_definition("world_objects", _shift))

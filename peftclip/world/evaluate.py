@@ -41,7 +41,7 @@ def zero_shot_accuracy(
     classes = classes if classes is not None else list(range(len(data.classnames)))
     keep = torch.isin(test.labels, torch.tensor(classes))
     names = [data.classnames[index] for index in classes]
-    head = zero_shot_head(backbone, names, template)
+    head = zero_shot_head(backbone, names, [template])
     device = head.device
     images = test.images[keep]
     labels = torch.searchsorted(torch.tensor(classes), test.labels[keep])

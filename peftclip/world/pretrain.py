@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from peftclip.atomic_files import atomic_path, write_text_atomically
 from peftclip.backbone.loading import get_tokenizer
 from peftclip.world.captions import (
     caption_attributes,
@@ -118,9 +119,8 @@ def _save_resume_state(path: Path, config, model, optimizer, step: int, losses) 
         "step": step,
         "losses": losses,
     }
-    partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    partial.replace(path)  # atomic: a crash never leaves a torn resume file
+    with atomic_path(path) as partial:  # a crash never leaves a torn resume file
+        torch.save(state, partial)
 
 
 def pretrain(
@@ -185,7 +185,8 @@ def pretrain(
                 _save_resume_state(resume_path, config, model, optimizer, step + 1, losses)
 
     weights = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    save_file(weights, str(output))
+    with atomic_path(output) as partial:
+        save_file(weights, str(partial))
     card = {
         "config": asdict(config),
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
@@ -194,6 +195,6 @@ def pretrain(
         "device": device,
         "torch": torch.__version__,
     }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    write_text_atomically(output.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
     resume_path.unlink(missing_ok=True)
     return output

@@ -1,25 +1,20 @@
-"""Prompt templates (specs/datasets.md §6). Each template has exactly one ``{}`` placeholder."""
+"""Prompt templates and the named template sets (docs/datasets.md).
+
+Each template has exactly one ``{}`` placeholder. A dataset's own default templates (CoOp's
+hand-crafted one per dataset) are part of its registry entry
+(:class:`~peftclip.data.registry.DatasetDefinition`); this module holds the sets that are not
+one dataset's (the ImageNet ensembles, ZSCL's MTIL ensembles) and turns any template spec into
+a list of templates (:func:`resolve_templates`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES
 
-#: CoOp's single hand-crafted template per dataset (CoOp ``trainers/zsclip.py``).
-COOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "food101": "a photo of {}, a type of food.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "stanford_cars": "a photo of a {}.",
-    "sun397": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
-}
+from peftclip.data.registry import dataset_definitions
+from peftclip.errors import PeftClipError
 
 #: CoOp's ``IMAGENET_TEMPLATES_SELECT`` (its ensemble zero-shot baseline).
 IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
@@ -139,12 +134,47 @@ MTIL_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: Named template sets usable wherever templates are accepted (``templates: imagenet80``).
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+#: Named sets that are not one dataset's defaults.
+_FIXED_SETS: dict[str, tuple[str, ...]] = {
     "imagenet80": IMAGENET_80_TEMPLATES,
     "imagenet_select": IMAGENET_SELECT_TEMPLATES,
-    **{f"coop:{name}": (template,) for name, template in COOP_TEMPLATES.items()},
     **{f"mtil:{name}": templates for name, templates in MTIL_TEMPLATES.items()},
 }
 
-DEFAULT_TEMPLATE = "a photo of a {}."
+
+def template_sets() -> dict[str, tuple[str, ...]]:
+    """Named template sets usable wherever templates are accepted (``templates: imagenet80``).
+
+    ``imagenet80``, ``imagenet_select``, ``mtil:<ZSCL dataset>`` and ``coop:<dataset>``, the
+    latter being the templates of each registered CoOp dataset (``coop:dtd`` → ``{} texture.``).
+    """
+    coop = {
+        f"coop:{definition.name}": definition.templates
+        for definition in dataset_definitions()
+        if definition.benchmark == "coop"
+    }
+    return {**_FIXED_SETS, **coop}
+
+
+def resolve_templates(templates: str | Sequence[str]) -> list[str]:
+    """Turns a template spec into a list of ``{}`` templates.
+
+    Args:
+        templates: A named set (:func:`template_sets`: ``imagenet80``, ``imagenet_select``,
+            ``coop:<dataset>``, ``mtil:<dataset>``), one template string, or a list of template
+            strings.
+    """
+    if isinstance(templates, str):
+        templates = template_sets().get(templates, (templates,))
+    resolved = list(templates)
+    if not resolved:
+        raise PeftClipError(
+            "the template list is empty; give at least one template like 'a photo of a {}.'"
+        )
+    for template in resolved:
+        if template.count("{}") != 1:
+            raise PeftClipError(
+                f"template {template!r} must contain exactly one '{{}}' placeholder for the class "
+                f"name, or be one of the named sets: {', '.join(sorted(template_sets()))}."
+            )
+    return resolved
