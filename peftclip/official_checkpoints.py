@@ -28,6 +28,7 @@ The official formats, as their code writes them:
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -195,8 +196,8 @@ def _load(path: Path, trust_pickle: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
-        refused = [line.strip() for line in str(error).splitlines() if "global" in line.lower()]
-        what = refused[0] if refused else "e.g. Dassl saves its learning-rate scheduler object"
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f"a {refused[1]}" if refused else "Dassl saves its learning-rate scheduler object"
         raise PeftClipError(
             f"{path} holds pickled Python objects besides tensors ({what}); torch refuses to "
             "unpickle them by default because that can run code from the file. If you trust the "
@@ -261,6 +262,9 @@ def _read_dassl(path: Path, content: dict) -> OfficialCheckpoint:
     state = {key.removeprefix("module."): value for key, value in content["state_dict"].items()}
     epoch = content.get("epoch")
     epoch = int(epoch) if isinstance(epoch, int) else None
+    prompts_in_encoders = [key for key in state if "VPT" in key]
+    if prompts_in_encoders:  # IVLP / VPT keep their prompts inside the encoders
+        raise _unknown(path, prompts_in_encoders)
     if any(key.startswith("prompt_learner.") for key in state):
         buffers = {f"prompt_learner.{name}" for name in _DASSL_BUFFERS}
         tensors = {
@@ -369,15 +373,11 @@ def official_to_adapter_state(
 def adapter_to_official(adapter: Adapter) -> dict[str, torch.Tensor]:
     """``adapter``'s trainable tensors under the official names and shapes (on the CPU)."""
     own = adapter.state_dict()
-    return {
-        link.official: own[link.adapter]
-        .detach()
-        .cpu()
-        .reshape(link.official_shape(own[link.adapter].shape))
-        .contiguous()
-        .clone()
-        for link in _links(adapter)
-    }
+    official = {}
+    for link in _links(adapter):
+        tensor = own[link.adapter].detach().cpu()
+        official[link.official] = tensor.reshape(link.official_shape(tensor.shape)).clone()
+    return official
 
 
 def _check_frozen(module: PeftClipModule, official: OfficialCheckpoint, source: Path) -> None:
@@ -397,14 +397,14 @@ def _check_frozen(module: PeftClipModule, official: OfficialCheckpoint, source: 
             )
 
 
-def _single_adapter(module: PeftClipModule) -> tuple[int, Adapter]:
+def _only_adapter(module: PeftClipModule) -> Adapter:
     if len(module.adapters) != 1:
         names = [adapter.name for adapter in module.adapters] or "no adapters"
         raise PeftClipError(
             f"an official checkpoint holds one method; the recipe has {names}. Use a recipe "
             "with exactly one of coop, cocoop, maple, clip_svd."
         )
-    return 0, module.adapters[0]
+    return module.adapters[0]
 
 
 # --------------------------------------------------------------------- peftclip checkpoints
@@ -419,10 +419,10 @@ def imported_checkpoint(
     """
     source = Path(source)
     official = read_official(source, trust_pickle)
-    index, adapter = _single_adapter(module)
+    adapter = _only_adapter(module)
     _check_frozen(module, official, source)
     state = official_to_adapter_state(adapter, official)
-    module.load_state_dict({f"classifier.adapters.{index}.{k}": v for k, v in state.items()})
+    module.load_state_dict({f"classifier.adapters.0.{k}": v for k, v in state.items()})
     checkpoint = {"pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0}
     module.on_save_checkpoint(checkpoint)
     checkpoint["peftclip"]["imported_from"] = {
@@ -441,7 +441,7 @@ def official_checkpoint(module: PeftClipModule, epoch: int = 0) -> dict:
     files carry is not needed. CLIP-SVD: ``{"weights", "metadata"}`` with the singular-value
     vectors only; load it with ``model.load_state_dict(weights, strict=False)``.
     """
-    _, adapter = _single_adapter(module)
+    adapter = _only_adapter(module)
     tensors = adapter_to_official(adapter)
     if isinstance(adapter, ClipSVD):
         towers = adapter.adapted_towers

@@ -278,8 +278,10 @@ def test_lightning_test_run_from_the_imported_checkpoint(tmp_path, case):
     source, official = _official_file(tmp_path, case)
     recipe = _recipe(tmp_path, case)
     imported = import_checkpoint(recipe, source, tmp_path / "imported.ckpt", trust_pickle=True)
-    cli = _cli(recipe)
-    from_file = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(imported))
+    # What `peftclip test --config RECIPE --ckpt_path IMPORTED` runs.
+    args = ["test", "--config", str(recipe), "--ckpt_path", str(imported)]
+    metrics = PeftClipCLI(args=args).trainer.callback_metrics
+    from_file = [{name: value.item() for name, value in metrics.items()}]
     reference = _cli(recipe)
     _set_by_hand(reference.model, case, official)
     by_hand = reference.trainer.test(reference.model, datamodule=reference.datamodule)
@@ -295,6 +297,12 @@ def test_unknown_key_sets_are_refused_with_the_keys_and_the_formats(tmp_path):
     with pytest.raises(PeftClipError, match=r"prompt_embeddings.*Recognised formats") as error:
         read_official(odd, trust_pickle=True)
     assert "CLIP-SVD" in str(error.value) and "meta_net.linear1" in str(error.value)
+    ivlp = _maple_model(load_backbone(*WORLD)) | {
+        "image_encoder.transformer.resblocks.1.VPT_shallow": torch.zeros(2, 192)
+    }
+    ivlp = _dassl_save(tmp_path / "ivlp" / "model.pth.tar-5", ivlp)
+    with pytest.raises(PeftClipError, match=r"VPT_shallow.*Recognised formats"):
+        read_official(ivlp, trust_pickle=True)
     plain = tmp_path / "plain.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "args": {}}, plain)
     with pytest.raises(PeftClipError, match=r"\[args, model\]"):
@@ -366,4 +374,23 @@ def test_clip_svd_towers_the_official_run_did_not_train_may_be_left_out(tmp_path
     for key, value in text.items():
         assert torch.equal(
             state[f"classifier.adapters.0.{_hand_mapping('clip_svd', key)}"], value[0]
+        )
+
+
+def test_a_fit_checkpoint_exports_under_the_official_names(tmp_path):
+    recipe = _recipe(tmp_path, "cocoop")
+    fit = ["fit", "--config", str(recipe), "--data.shots", "2", "--trainer.max_steps", "2"]
+    PeftClipCLI(args=[*fit, "--trainer.enable_checkpointing", "true"])
+    checkpoint = next((tmp_path / "runs").rglob("*.ckpt"))
+    trained = torch.load(checkpoint, weights_only=False)
+    written = torch.load(export_official(recipe, checkpoint, tmp_path / "model.pth.tar-1"))
+    assert written["epoch"] == trained["epoch"] + 1
+    state = written["state_dict"]
+    assert sorted(state) == [
+        "ctx",
+        *(f"meta_net.linear{i}.{t}" for i in (1, 2) for t in ("bias", "weight")),
+    ]
+    for key, value in state.items():
+        assert torch.equal(
+            value, trained["state_dict"][f"classifier.adapters.0.{_hand_mapping('cocoop', key)}"]
         )
