@@ -64,7 +64,7 @@ class SvdFactorCache:
     the layer, its shape and dtype, the SVD dtype, the device type that decomposes and the torch
     version (another LAPACK gives other rounding). A loaded file is checked against the layer
     (names, shapes, dtypes, and ``U diag(S) Vh x ≈ W x`` for a fixed probe ``x``); a file that
-    fails is recomputed with a warning. ViT-B/16 with all 144 targets takes about 0.9 GB.
+    fails is recomputed with a warning. ViT-B/16 with all 144 targets takes about 0.7 GB.
 
     Args:
         directory: Where the files live (created on first write).
