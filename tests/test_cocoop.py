@@ -14,14 +14,16 @@ def _classifier(backbone, adapter):
     return PeftClipClassifier(backbone, [adapter]).eval()
 
 
-def test_with_a_silent_meta_net_cocoop_equals_coop(tiny_backbone):
-    cocoop = CoCoOp(ctx_init="a photo of a")
+@pytest.mark.parametrize("ctx_init", ["a photo of a", "an X-ray photo of a"])
+def test_with_a_silent_meta_net_cocoop_equals_coop(tiny_backbone, ctx_init):
+    cocoop = CoCoOp(ctx_init=ctx_init)
     classifier = _classifier(tiny_backbone, cocoop)
+    assert cocoop.ctx.shape == (len(ctx_init.split()), tiny_backbone.text_width)  # M = words
     with torch.no_grad():
         cocoop.meta_net[2].weight.zero_()
         cocoop.meta_net[2].bias.zero_()
         images = torch.randn(3, 3, 32, 32)
-        expected = _classifier(tiny_backbone, CoOp(ctx_init="a photo of a"))(images, CLASSES)
+        expected = _classifier(tiny_backbone, CoOp(ctx_init=ctx_init))(images, CLASSES)
         assert torch.allclose(classifier(images, CLASSES)["logits"], expected["logits"], atol=1e-5)
 
 

@@ -50,6 +50,15 @@ def test_language_only_variant_has_no_vision_prompts(tiny_backbone):
     assert prompts.vision_input is None and prompts.vision_deep is None
 
 
+def test_text_context_follows_the_maple_init_rule(tiny_backbone):
+    ivlp = IVLP(n_text=3, n_vision=0, text_depth=1, ctx_init="an X-ray photo of a")
+    ivlp.attach(tiny_backbone)
+    tokens = tiny_backbone.tokenize(["an X-ray photo of a"])
+    assert torch.equal(ivlp.ctx, tiny_backbone.token_embeddings(tokens)[0, 1:4])  # an x -
+    with pytest.warns(UserWarning, match="IVLP ignores ctx_init 'a photo of a' with 5"):
+        assert IVLP(n_text=5).ctx_init == ""
+
+
 def test_bad_settings_fail_clearly(tiny_backbone):
     with pytest.raises(PeftClipError, match="text_depth 12 must be between 1 and the 2"):
         IVLP().attach(tiny_backbone)

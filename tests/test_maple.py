@@ -49,22 +49,38 @@ def test_depth_one_has_no_deep_prompts(tiny_backbone):
     assert len(maple.deep_text) == 0 and len(maple.deep_proj) == 0
 
 
-def test_the_words_after_the_learnable_ones_stay_frozen_in_the_prompt(tiny_backbone):
-    maple = MaPLe(n_ctx=2, prompt_depth=1)
+@pytest.mark.parametrize("ctx_init", ["a photo of a", "an X-ray photo of a"])
+def test_the_tokens_after_the_learnable_ones_stay_frozen_in_the_prompt(tiny_backbone, ctx_init):
+    maple = MaPLe(n_ctx=2, prompt_depth=1, ctx_init=ctx_init)
     maple.attach(tiny_backbone)
+    assert maple.ctx.shape == (2, tiny_backbone.text_width)  # n_ctx kept, not the word count
     with torch.no_grad():
         built = maple.text_input(tiny_backbone, CLASSES)
-    tokens = tiny_backbone.tokenize([f"a photo of a {name.replace('_', ' ')}." for name in CLASSES])
+    tokens = tiny_backbone.tokenize([f"{ctx_init} {name.replace('_', ' ')}." for name in CLASSES])
     frozen = tiny_backbone.token_embeddings(tokens)
-    assert torch.equal(built.embeddings[:, 3:], frozen[:, 3:])  # "of a <class>." + EOT + pad
+    assert torch.equal(built.embeddings[:, 1:3], maple.ctx.expand(3, -1, -1))
+    assert torch.equal(built.embeddings[:, 1:3], frozen[:, 1:3])  # the first two tokens
+    assert torch.equal(built.embeddings[:, 3:], frozen[:, 3:])  # the rest, class, ".", EOT, pad
     assert torch.equal(built.pool_index, tokens.argmax(-1))
+
+
+def test_more_than_four_context_tokens_start_random_as_in_the_official_code(tiny_backbone):
+    with pytest.warns(UserWarning, match="ignores ctx_init 'an X-ray photo of a' with 5"):
+        maple = MaPLe(n_ctx=5, prompt_depth=1, ctx_init="an X-ray photo of a")
+    maple.attach(tiny_backbone)
+    assert maple.ctx.shape == (5, tiny_backbone.text_width)
+    assert 0.01 < maple.ctx.std().item() < 0.03  # N(0, 0.02²), not word embeddings
+    with torch.no_grad():
+        built = maple.text_input(tiny_backbone, CLASSES)
+    tokens = tiny_backbone.tokenize([f"X X X X X {name.replace('_', ' ')}." for name in CLASSES])
+    assert torch.equal(built.embeddings[:, 6:], tiny_backbone.token_embeddings(tokens)[:, 6:])
 
 
 def test_bad_settings_fail_clearly(tiny_backbone):
     with pytest.raises(PeftClipError, match="prompt_depth 9 must be between 1 and the 2 blocks"):
         MaPLe().attach(tiny_backbone)
-    with pytest.raises(PeftClipError, match="n_ctx 5 exceeds the 4 tokens"):
-        MaPLe(n_ctx=5, prompt_depth=1).attach(tiny_backbone)
+    with pytest.raises(PeftClipError, match=r"needs 3 token embeddings .* only 2 tokens"):
+        MaPLe(n_ctx=3, prompt_depth=1, ctx_init="a photo").attach(tiny_backbone)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from peftclip.adapters import ClipSVD, CoDyRA, CoOp, LoRA, MaPLe
+from peftclip.adapters.clip_svd import default_cache_dir
 from peftclip.adapters.targets import find_targets
 from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
@@ -92,6 +93,92 @@ def test_svd_reconstructs_every_target_and_factorized_path_agrees(backbone):
         assert torch.allclose(layer(x), factorized, rtol=1e-5, atol=1e-5)
 
 
+def _count_svd_calls(monkeypatch) -> list[torch.device]:
+    """Records the device of every ``torch.linalg.svd`` input (one entry per decomposition)."""
+    devices, svd = [], torch.linalg.svd
+
+    def counting_svd(matrix, *args, **kwargs):
+        devices.append(matrix.device)
+        return svd(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", counting_svd)
+    return devices
+
+
+def _svd_build(cache_dir, seed=0, **options) -> ClipSVD:
+    adapter = ClipSVD(cache_dir=str(cache_dir), **options)
+    adapter.attach(load_backbone("peftclip-tiny-vit", init_seed=seed))
+    return adapter
+
+
+def _factors(adapter):
+    return {key: (site.U, site.s, site.Vh) for key, site in adapter.sites.items()}
+
+
+def _same_factors(first, second):
+    return first.keys() == second.keys() and all(
+        all(torch.equal(a, b) for a, b in zip(first[key], second[key], strict=True))
+        for key in first
+    )
+
+
+def test_second_svd_build_loads_bitwise_equal_factors_from_the_cache(tmp_path, monkeypatch):
+    calls = _count_svd_calls(monkeypatch)
+    computed = _factors(_svd_build(tmp_path))
+    assert len(calls) == 24 and len(list(tmp_path.glob("*.safetensors"))) == 24
+    loaded = _factors(_svd_build(tmp_path))
+    assert len(calls) == 24  # no decomposition the second time
+    assert _same_factors(loaded, computed)
+    uncached = _factors(_svd_build(tmp_path, cache=False))
+    assert len(calls) == 48 and _same_factors(uncached, computed)
+
+
+def test_svd_cache_entries_follow_dtype_targets_and_weights(tmp_path, monkeypatch):
+    calls = _count_svd_calls(monkeypatch)
+    _svd_build(tmp_path, layers=["q"])
+    assert len(calls) == 4  # q of 2 blocks × 2 towers
+    _svd_build(tmp_path, layers=["k"])
+    assert len(calls) == 8  # other targets: their own entries
+    _svd_build(tmp_path, layers=["q"], towers="text")
+    assert len(calls) == 8  # a subset of cached targets: nothing to decompose
+    _svd_build(tmp_path, layers=["q"], svd_dtype="float32")
+    assert len(calls) == 12
+    _svd_build(tmp_path, seed=1, layers=["q"])
+    assert len(calls) == 16
+    assert len(list(tmp_path.glob("*.safetensors"))) == 16
+
+
+def test_a_corrupt_or_foreign_svd_cache_file_is_recomputed_with_a_warning(tmp_path, monkeypatch):
+    computed = _factors(_svd_build(tmp_path, layers=["q", "k"], towers="text"))
+    files = sorted(tmp_path.glob("*.safetensors"))
+    files[0].write_bytes(b"not a safetensors file")
+    files[2].write_bytes(files[1].read_bytes())  # a valid file of another layer, same shape
+    calls = _count_svd_calls(monkeypatch)
+    with pytest.warns(UserWarning, match="does not match its layer") as caught:
+        rebuilt = _factors(_svd_build(tmp_path, layers=["q", "k"], towers="text"))
+    assert len(caught) == 2 and len(calls) == 2
+    assert _same_factors(rebuilt, computed)
+    _svd_build(tmp_path, layers=["q", "k"], towers="text")  # the files were rewritten
+    assert len(calls) == 2
+
+
+def test_svd_runs_where_the_weights_are_even_when_a_gpu_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    calls = _count_svd_calls(monkeypatch)
+    _svd_build(tmp_path, cache=False, layers=["q"])
+    assert calls and all(device == torch.device("cpu") for device in calls)
+
+
+def test_svd_cache_defaults_to_the_user_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "peftclip" / "svd"
+    ClipSVD(layers=["q"]).attach(load_backbone("peftclip-tiny-vit", init_seed=0))
+    assert len(list(default_cache_dir().glob("*.safetensors"))) == 4
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "peftclip" / "svd"
+
+
 def test_lora_scale_modes_and_out_projection_targeting(backbone):
     adapter = LoRA(r=4, alpha=2, scaling="alpha/sqrt(r)", layers=["o"])
     classifier = PeftClipClassifier(backbone, [adapter])
@@ -172,7 +259,7 @@ def test_targets_select_towers_blocks_and_kinds(backbone):
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        (ClipSVD, 92_160),
+        (lambda: ClipSVD(cache=False), 92_160),  # the stand-in SVD must not be cached
         (lambda: LoRA(r=2, alpha=1, scaling="alpha/sqrt(r)", layers=["q", "k", "v"]), 184_320),
         (lambda: LoRA(r=16, alpha=16), 4_423_680),
         (lambda: CoDyRA(r=16), 4_425_984),

@@ -26,8 +26,10 @@ class CoCoOp(CoOp):
     """Conditional context optimization.
 
     Args:
-        n_ctx: Number of context vectors (ignored when ``ctx_init`` is given).
-        ctx_init: Words to initialise the context from (the paper: ``"a photo of a"``).
+        n_ctx: Number of context vectors M (ignored when ``ctx_init`` is given).
+        ctx_init: Words to initialise the context from (the paper: ``"a photo of a"``). As in
+            CoOp and the official code, M becomes their word count; tokens of the string beyond
+            the first M stay frozen in the prompt.
     """
 
     image_conditioned = True

@@ -4,6 +4,11 @@ Semantics: specs/methods.md §3. Only the context ``ctx`` (M × text width) is t
 class-dependent pieces (token embeddings of SOT and of the class name + "." + EOT, the EOT
 index) are rebuilt for whatever class set is evaluated, so a prompt trained on base classes
 evaluates on new ones; they are never saved.
+
+Word init follows the official code (KaiyangZhou/CoOp ``trainers/coop.py``): M is the number of
+*words* of ``ctx_init``, the first M token embeddings of the string are learned and any further
+tokens of the string stay frozen in the prompt. "an X-ray photo of a" is 5 words but 7 BPE tokens
+(``an x - ray photo of a``): ``an x - ray photo`` are learned, ``of a`` stay frozen.
 """
 
 from __future__ import annotations
@@ -20,14 +25,43 @@ from peftclip.backbone import FrozenClip
 from peftclip.errors import PeftClipError
 
 
+def normalize_ctx_init(ctx_init: str) -> str:
+    """The init string as the official code reads it: ``_`` means a space, words split on spaces.
+
+    Runs of whitespace collapse to one space (the official ``split(" ")`` would count empty
+    words there and learn EOT and padding embeddings).
+    """
+    return " ".join(ctx_init.replace("_", " ").split())
+
+
+def leading_token_embeddings(backbone: FrozenClip, text: str, count: int) -> torch.Tensor:
+    """The frozen token embeddings of the first ``count`` tokens of ``text`` (after SOT).
+
+    Raises:
+        PeftClipError: ``text`` has fewer than ``count`` tokens under the backbone's tokenizer
+            (e.g. the world model's word tokenizer drops a lone "-").
+    """
+    tokens = backbone.tokenize([text])
+    available = int(backbone.pool_index(tokens)[0]) - 1
+    if count > available:
+        raise PeftClipError(
+            f"the context needs {count} token embeddings of ctx_init '{text}', but the tokenizer "
+            f"of '{backbone.identity.model_name}' splits it into only {available} tokens; give a "
+            "longer ctx_init, fewer context vectors, or no ctx_init (random init)."
+        )
+    with torch.no_grad():
+        return backbone.token_embeddings(tokens)[0, 1 : 1 + count].clone()
+
+
 class CoOp(Adapter):
     """Context optimization: one context shared by all classes, or one per class (CSC).
 
     Args:
         n_ctx: Number of context vectors M (ignored when ``ctx_init`` is given).
-        ctx_init: Words to initialise the context from, e.g. ``"a photo of a"``; M becomes
-            their token count and CSC is ignored (the anchor's behaviour). Empty: random
-            ``N(0, 0.02²)`` init.
+        ctx_init: Words to initialise the context from, e.g. ``"a photo of a"`` (``_`` reads as
+            a space). As in the official code, M becomes their *word* count, the first M token
+            embeddings of the string are learned and its remaining tokens stay frozen in the
+            prompt; CSC is ignored. Empty: random ``N(0, 0.02²)`` init.
         class_token_position: Where the class name goes: ``end``, ``middle`` or ``front``.
         csc: Class-specific context: ``n_classes`` contexts of M vectors each. It is tied to
             one class set, so it cannot be evaluated on other classes.
@@ -45,8 +79,9 @@ class CoOp(Adapter):
         n_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.n_ctx = n_ctx
-        self.ctx_init = ctx_init.strip()
+        self.ctx_init = normalize_ctx_init(ctx_init)
+        # The official rule: `n_ctx = len(ctx_init.split(" "))`, words, not tokens.
+        self.n_ctx = len(self.ctx_init.split(" ")) if self.ctx_init else n_ctx
         self.class_token_position = class_token_position
         self.csc, self.n_classes = csc and not self.ctx_init, n_classes
         if self.csc and not n_classes:
@@ -55,11 +90,12 @@ class CoOp(Adapter):
         self._class_buffers: tuple[tuple, dict[str, torch.Tensor]] | None = None
 
     def attach(self, backbone: FrozenClip) -> None:
+        self._attach_context(backbone)
+
+    def _attach_context(self, backbone: FrozenClip) -> None:
+        """``ctx``: the first M token embeddings of ``ctx_init``, or ``N(0, 0.02²)``."""
         if self.ctx_init:
-            tokens = backbone.tokenize([self.ctx_init])
-            self.n_ctx = int(backbone.pool_index(tokens)[0]) - 1
-            with torch.no_grad():
-                init = backbone.token_embeddings(tokens)[0, 1 : 1 + self.n_ctx].clone()
+            init = leading_token_embeddings(backbone, self.ctx_init, self.n_ctx)
         elif self.csc:
             init = torch.randn(self.n_classes, self.n_ctx, backbone.text_width) * 0.02
         else:
@@ -78,13 +114,16 @@ class CoOp(Adapter):
         names = [name.replace("_", " ") for name in classnames]
         tokens = backbone.tokenize([f"{self._prompt_prefix()} {name}." for name in names])
         name_lengths = backbone.pool_index(backbone.tokenize(names)) - 1
+        prefix_length = int(backbone.pool_index(backbone.tokenize([self._prompt_prefix()]))[0]) - 1
         with torch.no_grad():
             embeddings = backbone.token_embeddings(tokens)
         buffers = {
             "prefix": embeddings[:, :1],
+            # The frozen init tokens after the M learned ones (if any), class, ".", EOT, padding.
             "suffix": embeddings[:, 1 + self.n_ctx :],
             "pool_index": backbone.pool_index(tokens),
             "name_lengths": name_lengths,
+            "frozen_init_length": prefix_length - self.n_ctx,
         }
         self._class_buffers = (key, buffers)
         return buffers
@@ -107,15 +146,18 @@ class CoOp(Adapter):
             )
         if self.class_token_position == "end":
             return TextInput(torch.cat([prefix, ctx, suffix], dim=1), buffers["pool_index"])
-        half = self.n_ctx // 2
+        # The frozen init tokens travel with the context (the official code has no rule here: it
+        # would cut them as if they were the class name).
+        frozen, half = buffers["frozen_init_length"], self.n_ctx // 2
         rows = []
         for index, length in enumerate(buffers["name_lengths"].tolist()):
-            name, rest = suffix[index, :length], suffix[index, length:]
+            words = suffix[index, :frozen]
+            name, rest = suffix[index, frozen : frozen + length], suffix[index, frozen + length :]
             own = ctx[index]
             if self.class_token_position == "middle":
-                pieces = [prefix[index], own[:half], name, own[half:], rest]
+                pieces = [prefix[index], own[:half], name, own[half:], words, rest]
             else:  # front
-                pieces = [prefix[index], name, own, rest]
+                pieces = [prefix[index], name, own, words, rest]
             rows.append(torch.cat(pieces))
         return TextInput(torch.stack(rows), buffers["pool_index"])
 

@@ -1,10 +1,11 @@
 """IVLP (independent vision-language deep prompts) and VPT-deep (vision only).
 
 Semantics: specs/methods.md §6. Text: layer-0 context initialised as MaPLe's (first ``n_text``
-tokens of ``ctx_init``, the whole string kept in the prompt) and one ``N(0, 0.02²)`` prompt per
-further text block, replacing positions 1 … n. Vision: ``n_vision`` tokens appended after the
-positional embedding, and one ``N(0, 0.02²)`` prompt per further vision block replacing the last
-n tokens. No coupling between the towers.
+tokens of ``ctx_init``, the whole string kept in the prompt, the string used only for
+``n_text <= 4``: the official ``trainers/independentVL.py`` has MaPLe's rule) and one
+``N(0, 0.02²)`` prompt per further text block, replacing positions 1 … n. Vision: ``n_vision``
+tokens appended after the positional embedding, and one ``N(0, 0.02²)`` prompt per further
+vision block replacing the last n tokens. No coupling between the towers.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class IVLP(MaPLe):
         n_vision: Vision prompt tokens per layer (0: language-only deep prompting).
         text_depth: Text blocks that receive prompts.
         vision_depth: Vision blocks that receive prompts.
-        ctx_init: Words whose first ``n_text`` token embeddings initialise the text context.
+        ctx_init: Words whose first ``n_text`` token embeddings initialise the text context
+            (only with ``n_text <= 4``, as in the official code; a longer context is random).
     """
 
     # The anchor builds the layer-0 text ctx in clip_model.dtype; its per-block text and all
@@ -76,7 +78,7 @@ class IVLP(MaPLe):
                 f"text_depth {self.prompt_depth} must be between 1 and the "
                 f"{backbone.text_depth} text blocks."
             )
-        self._text_context(backbone)
+        self._attach_context(backbone)
         self.deep_text = _gaussian_prompts(self.prompt_depth - 1, self.n_ctx, backbone.text_width)
         _vision_prompts(self, backbone)
 
