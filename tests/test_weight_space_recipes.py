@@ -1,44 +1,16 @@
-"""The CLIP-SVD / LoRA / CoDyRA recipes run on a fake data root with a tiny model (smoke)."""
+"""Weight-space recipe settings: CLIP-SVD's unscaled fp16 autocast, a composed recipe.
 
-import pytest
+(Every recipe is smoke-run by tests/test_recipe_matrix.py and tests/test_protocol_recipes.py.)
+"""
+
 import torch
 
-from peftclip.cli import main
 from peftclip.lightning.cli import PeftClipCLI
-from tests.test_coop_datasets import _zhou_tree
 
 TINY = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained", "null",
         "--trainer.precision", "32-true", "--data.num_workers", "0", "--data.shots", "1",
         "--trainer.enable_progress_bar", "false"]  # fmt: skip
 METHODS = ["clip_svd", "lora", "codyra"]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("DATA")
-    _zhou_tree(root, "oxford_pets")
-    return root
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_fewshot_recipe_fits_then_tests_the_checkpoint(data_root, tmp_path, method):
-    recipe = f"recipes/{method}/fewshot.yaml"
-    common = [*TINY, "--data.root", str(data_root), "--trainer.default_root_dir", str(tmp_path)]
-    assert main(["fit", "--config", recipe, *common, "--trainer.max_steps", "2"]) == 0
-    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
-    saved = torch.load(checkpoint, weights_only=False)
-    assert saved["peftclip"]["adapters"] == [method]
-    cli = PeftClipCLI(args=["test", "--config", recipe, *common, "--ckpt_path", str(checkpoint)])
-    assert "test/top1" in cli.trainer.callback_metrics
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_base2new_recipe_smoke_runs(data_root, tmp_path, method, capsys):
-    code = main(["base2new", "--config", f"recipes/{method}/base2new.yaml", *TINY,
-                 "--data.root", str(data_root), "--trainer.fast_dev_run", "true",
-                 "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
-    assert code == 0
-    assert "base-to-new on oxford_pets" in capsys.readouterr().out
 
 
 def test_fp16_autocast_without_scaler_for_the_clip_svd_anchor(tmp_path):

@@ -131,7 +131,8 @@ class PeftClipDataModule(L.LightningDataModule):
                 if split not in data.splits or len(data.splits[split]) == 0:
                     found = ", ".join(f"{s} ({len(d)})" for s, d in data.splits.items()) or "none"
                     raise PeftClipError(
-                        f"`{stage}` needs the '{split}' split of dataset '{name}' (root "
+                        f"`{getattr(stage, 'value', stage)}` needs the '{split}' split of "
+                        f"dataset '{name}' (root "
                         f"{self.root}), which is missing or empty; splits found: {found}."
                     )
 
