@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,29 +123,27 @@ def _readable(path) -> bool:
         return False
 
 
-def data_check_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="peftclip data check",
-        description="Check a data root (CoOp layout, CIFAR100, MNIST; the MTIL split datasets "
-        "when named): presence, image counts per split against the expected counts, class "
-        "counts, file checksums, unreadable images. Exit code 1 on any problem.",
-    )
-    parser.add_argument("--root", required=True, help="the data root <DATA>")
-    parser.add_argument(
-        "names", nargs="*", help=f"datasets (default: all of {', '.join(default_names())})"
-    )
-    parser.add_argument("--no-decode", action="store_true", help="skip opening every image")
-    args = parser.parse_args(argv)
-    unknown = [name for name in args.names if name not in EXPECTED]
+def data_check_command(names: list[str], *, root: str, decode: bool = True) -> int:
+    """Checks a data root against the published split counts.
+
+    For each dataset (CoOp layout, CIFAR100, MNIST; the MTIL split datasets when named): present,
+    images per split and classes as published, file checksums, unreadable images. Prints one row
+    per dataset; exit status 1 on any problem (an absent dataset only when it was named).
+
+    Args:
+        names: Datasets to check (none: all but the MTIL split datasets, which need a manifest).
+        root: The data root <DATA>.
+        decode: Open every image to find unreadable files (--no-decode: counts only).
+    """
+    unknown = [name for name in names if name not in EXPECTED]
     if unknown:
         raise PeftClipError(f"data check knows {', '.join(EXPECTED)}; not {', '.join(unknown)}.")
-    names = args.names or default_names()
-    results = [check_dataset(n, args.root, not args.no_decode) for n in names]
+    results = [check_dataset(name, root, decode) for name in names or default_names()]
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"peftclip data check — {args.root}")
+    table = Table(title=f"peftclip data check — {root}")
     for column in ("dataset", "status", "classes", *SPLITS, "problems"):
         table.add_column(column, overflow="fold")
     for result in results:
@@ -156,5 +153,5 @@ def data_check_command(argv: list[str]) -> int:
                       *counts, "\n".join(result.problems))  # fmt: skip
     Console(width=160).print(table)
     # Absent datasets fail the check only when they were asked for by name.
-    failed = [r for r in results if r.status == "problem" or (r.status == "missing" and args.names)]
+    failed = [r for r in results if r.status == "problem" or (r.status == "missing" and names)]
     return 1 if failed else 0
