@@ -308,18 +308,21 @@ def _run(argv: list[str]) -> int:
 
 
 class _DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" log records."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("💡 Tip:")
 
 
 def quiet_third_party_messages() -> None:
-    """Silences third-party messages that say nothing to a peftclip user; peftclip's own stay.
+    """Silences third-party messages that tell a peftclip user nothing; peftclip's own stay.
 
     Each is matched by its message (and module), so anything else still shows:
 
-    * Lightning's "💡 Tip: ... install litlogger / litmodels" advertisements (log records).
-    * Lightning 2.6's own ``_pytree`` helper constructs torch's deprecated ``LeafSpec``
-      (FutureWarning from torch 2.14, raised inside Lightning: nothing a user can change).
+    * Lightning's "💡 Tip: ..." advertisements for its cloud services (log records of the logger
+      that ``rank_zero_info`` writes to; getting it by name works before Lightning is imported).
+    * Lightning 2.6's ``_pytree`` helper builds torch's deprecated ``LeafSpec`` (a FutureWarning
+      since torch 2.14, raised inside Lightning: nothing a user can change).
     * "Precision 16-mixed is not supported by the model summary": mixed precision keeps the
       weights in float32, which is what the summary then assumes.
     * "does not have many workers": the recipes state ``data.num_workers`` on purpose (0 for the
@@ -327,8 +330,6 @@ def quiet_third_party_messages() -> None:
     * "LightningCLI's args parameter is intended ...": peftclip hands LightningCLI its
       arguments itself, by design.
     """
-    import lightning.pytorch  # noqa: F401  (sets up the logger below)
-
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
         tips.addFilter(_DropLightningTips())

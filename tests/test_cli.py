@@ -1,6 +1,7 @@
 """The ``peftclip`` command end to end on the tiny random-init config (no downloads)."""
 
 import inspect
+import logging
 import subprocess
 import sys
 import typing
@@ -317,6 +318,19 @@ def test_third_party_noise_is_filtered_and_other_warnings_stay():
         for message, category, module in noise + kept:
             warnings.warn_explicit(message, category, f"{module}.py", 1, module=module)
     assert [(str(w.message), w.category, w.filename[:-3]) for w in caught] == kept
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    logger, records = logging.getLogger("lightning.pytorch.utilities.rank_zero"), []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
+        rank_zero_info("GPU available: False, used: False")
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == ["GPU available: False, used: False"]
 
 
 def test_a_tiny_run_prints_no_third_party_tips_or_deprecations(tmp_path):
