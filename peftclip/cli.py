@@ -323,6 +323,9 @@ def quiet_third_party_messages() -> None:
       that ``rank_zero_info`` writes to; getting it by name works before Lightning is imported).
     * Lightning 2.6's ``_pytree`` helper builds torch's deprecated ``LeafSpec`` (a FutureWarning
       since torch 2.14, raised inside Lightning: nothing a user can change).
+    * torch's "`torch.jit.load` is deprecated": OpenAI ships its CLIP weights only as TorchScript
+      archives, which backbone/loading.py reads once for their state dict; nothing else reads
+      them, so the advice ("switch to torch.export") has nothing to switch to.
     * "Precision 16-mixed is not supported by the model summary": mixed precision keeps the
       weights in float32, which is what the summary then assumes.
     * "does not have many workers": the recipes state ``data.num_workers`` on purpose (0 for the
@@ -338,6 +341,12 @@ def quiet_third_party_messages() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.jit\.load` is deprecated",
+        category=FutureWarning,
+        module=r"torch\.jit\._serialization",
     )
     warnings.filterwarnings(
         "ignore", message=r"Precision \S+-mixed is not supported by the model summary"
