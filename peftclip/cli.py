@@ -66,10 +66,6 @@ class RecipeCommand:
     run: Callable[[list[str]], int | None]
     help: str | None = None
 
-    @property
-    def summary(self) -> str:
-        return self.help or _summary(self.run)
-
 
 def lightning_command(subcommand: str, args: list[str]) -> int:
     """Runs one of LightningCLI's own subcommands (fit, validate, test) on a recipe."""
@@ -159,9 +155,11 @@ Recipes are YAML files (see recipes/); any key can be overridden on the command 
 `peftclip COMMAND --help` lists every option of a command."""
 
 
-def _summary(command: Callable) -> str:
-    """The first line of a command's docstring: its line in ``peftclip --help``."""
-    return inspect.getdoc(command).splitlines()[0].rstrip(".")
+def _summary(entry: Command) -> str:
+    """A command's line in ``peftclip --help``: the first line of its docstring."""
+    if isinstance(entry, RecipeCommand):
+        return entry.help or _summary(entry.run)
+    return inspect.getdoc(entry).splitlines()[0].rstrip(".")
 
 
 def leaf_commands(
@@ -188,9 +186,7 @@ def overview() -> str:
         "",
         "commands:",
     ]
-    for name, entry in leaves.items():
-        summary = entry.summary if isinstance(entry, RecipeCommand) else _summary(entry)
-        lines.append(f"  {name:<{width}}{summary}")
+    lines += [f"  {name:<{width}}{_summary(entry)}" for name, entry in leaves.items()]
     return "\n".join([*lines, "", EXAMPLES])
 
 
@@ -261,7 +257,7 @@ def build_parser(
             subcommands.add_subcommand(name, subparser, help=" | ".join(entry))
         elif isinstance(entry, RecipeCommand):
             subparser = ArgumentParser(add_help=False)
-            subcommands.add_subcommand(name, subparser, help=entry.summary)
+            subcommands.add_subcommand(name, subparser, help=_summary(entry))
         else:
             subparser = _command_parser(entry)
             subcommands.add_subcommand(name, subparser, help=_summary(entry))
