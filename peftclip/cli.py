@@ -1,41 +1,106 @@
-"""The ``peftclip`` command: Lightning subcommands plus peftclip's own."""
+"""The ``peftclip`` command: one jsonargparse parser over every subcommand in ``COMMANDS``.
+
+Adding a subcommand is two steps:
+
+1. Write a typed function in the module that does the work. Its Google-style docstring is its
+   help: the first line is its one line in ``peftclip --help``, the rest is the description of
+   ``peftclip NAME --help``, and ``Args:`` documents each option. How a signature becomes the
+   command line:
+
+   * a parameter without a default before ``*`` is a positional (a ``list[...]`` one takes any
+     number of values, none included); every other parameter is an option, spelled with dashes
+     (``cache_dir`` → ``--cache-dir``; the underscore spelling is accepted too, and a config file
+     uses the parameter name);
+   * a ``bool`` is a pair of flags (``force`` → ``--force`` / ``--no-force``);
+   * every command also takes ``--config FILE`` (its options as YAML) and ``--print_config``;
+   * it returns the exit status (``None`` is 0). A ``PeftClipError`` it raises is printed as one
+     line ``peftclip: error: ...`` with exit status 2 (``PEFTCLIP_TRACEBACK=1``: the traceback).
+
+   A dataclass with ``__call__`` works too (its fields are the options; the instance is called),
+   for a command that extends a settings class (``world pretrain``).
+2. Add it to ``COMMANDS`` in this module, e.g. ``"import-checkpoint": import_checkpoint_command,``
+   (a nested dict is a command group: ``"data": {"check": ...}`` is ``peftclip data check``).
+
+A command whose arguments are a *recipe* (``--config RECIPE.yaml``, ``--model.*``, ``--data.*``,
+``--trainer.*``, as for ``peftclip fit``) is a ``RecipeCommand`` instead: ``peftclip`` lists it
+and hands every argument after its name, unparsed, to its function, which parses them once with
+``PeftClipCLI`` (LightningCLI), so ``--config``, ``--print_config``, ``--help`` and overrides work
+exactly as in ``peftclip fit``. The protocol runner is meant to be one: ``"run": RecipeCommand(
+run_protocol_command),``.
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import logging
 import os
 import sys
+import typing
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
+from docstring_parser import parse as parse_docstring
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+from peftclip.data.check import data_check_command
+from peftclip.data.dassl_pkl import import_pkl_command
+from peftclip.data.mtil_splits import mtil_manifest_command
 from peftclip.errors import PeftClipError
-
-OVERVIEW = """\
-peftclip — parameter-efficient fine-tuning of a frozen CLIP.
-
-usage:
-  peftclip fit      --config RECIPE.yaml [--key value ...]   train adapters
-  peftclip validate --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the val split
-  peftclip test     --config RECIPE.yaml [--ckpt_path CKPT]  evaluate on the test split
-  peftclip list     adapters|datasets|models                 what can be named in a recipe
-  peftclip base2new --config RECIPE.yaml                     base-to-new protocol (one seed)
-  peftclip data     check --root DATA [NAMES ...]            validate a CoOp-style data root
-  peftclip data     import-pkl --root DATA --dataset NAME PKL  Dassl few-shot pkl → manifest
-  peftclip data     mtil-manifest --root DATA --dataset NAME  MTIL 80/20 split → manifest
-  peftclip world    pretrain|evaluate [--help]               the embedded world CLIP
-  peftclip export   --config RECIPE.yaml --ckpt_path CKPT --output FILE [--format peft]
-                                                             merged open_clip weights / peft
-  peftclip SUBCOMMAND --help                                 every option of a subcommand
-  peftclip fit --config RECIPE.yaml --print_config           the resolved recipe
-
-examples:
-  peftclip test --config recipes/zeroshot/tiny_random.yaml
-  peftclip test --config recipes/zeroshot/imagenet.yaml --data.root /data/imagenet_folder \\
-      --model.backbone.pretrained /weights/ViT-B-16.pt
-
-Recipes are YAML files (see recipes/); any key can be overridden on the command line.
-"""
+from peftclip.export import export_command
+from peftclip.world.command import WorldPretrainCommand, world_evaluate_command
 
 
-def _list(kind: str | None) -> int:
+@dataclass(frozen=True)
+class RecipeCommand:
+    """A subcommand that parses its own arguments with ``PeftClipCLI`` (LightningCLI).
+
+    Attributes:
+        run: Called with every argument after the subcommand's name; returns the exit status.
+        help: Its line in ``peftclip --help`` (default: the first line of ``run``'s docstring).
+    """
+
+    run: Callable[[list[str]], int | None]
+    help: str | None = None
+
+
+def lightning_command(subcommand: str, args: list[str]) -> int:
+    """Runs one of LightningCLI's own subcommands (fit, validate, test) on a recipe."""
+    from peftclip.lightning.cli import PeftClipCLI
+
+    PeftClipCLI(args=[subcommand, *args])
+    return 0
+
+
+def base_to_new_command(args: list[str]) -> int:
+    """Runs the base-to-new protocol of a recipe (one seed).
+
+    Trains on the base classes, then tests zero-shot CLIP and the trained model on the base and
+    the new classes and prints the table (top-1 %, harmonic mean).
+    """
+    from peftclip.lightning.cli import PeftClipCLI
+    from peftclip.protocols.base_to_new import run_base_to_new
+
+    cli = PeftClipCLI(args=args, run=False)
+    result = run_base_to_new(cli.model, cli.datamodule, cli.trainer)
+    method = "+".join(a.name for a in cli.model.adapters) or "no adapter"
+    print(
+        f"\nbase-to-new on {cli.datamodule.dataset_name}, seed {cli.datamodule.seed} "
+        f"(top-1 %)\n{result.table(method)}"
+    )
+    return 0
+
+
+def list_command(kind: Literal["adapters", "datasets", "models"]) -> int:
+    """Lists the adapters, datasets or models a recipe can name.
+
+    Args:
+        kind: adapters (model.adapters), datasets (data.dataset) or models, the open_clip
+            configs (model.backbone.model_name).
+    """
     if kind == "adapters":
         from peftclip.adapters import list_adapters
 
@@ -44,67 +109,260 @@ def _list(kind: str | None) -> int:
         from peftclip.data import list_datasets
 
         print("\n".join(list_datasets()))
-    elif kind == "models":
+    else:
         from peftclip.backbone import list_models
 
         print("\n".join(list_models()))
-    else:
-        print("usage: peftclip list adapters|datasets|models", file=sys.stderr)
-        return 2
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    # peftclip hands LightningCLI its arguments itself, which Lightning warns about.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    from_command_line = argv is None
-    argv = list(sys.argv[1:] if from_command_line else argv)
-    if not argv or argv[0] in {"-h", "--help", "help"}:
-        print(OVERVIEW)
-        return 0
-    try:
-        if argv[0] == "list":
-            return _list(argv[1] if len(argv) > 1 else None)
-        if argv[:2] == ["data", "check"]:
-            from peftclip.data.check import data_check_command
+Command = Callable[..., int | None] | RecipeCommand
+#: Every subcommand of ``peftclip``, in the order ``peftclip --help`` lists them. Adding one is
+#: one entry here (see the module docstring); ``import-checkpoint`` and ``run`` will join them.
+COMMANDS: dict[str, Command | dict[str, Command]] = {
+    "fit": RecipeCommand(partial(lightning_command, "fit"), "Trains the adapters of a recipe"),
+    "validate": RecipeCommand(
+        partial(lightning_command, "validate"), "Evaluates a recipe on its val split"
+    ),
+    "test": RecipeCommand(
+        partial(lightning_command, "test"), "Evaluates a recipe on its test split"
+    ),
+    "base2new": RecipeCommand(base_to_new_command),
+    "export": RecipeCommand(export_command),
+    "list": list_command,
+    "data": {
+        "check": data_check_command,
+        "import-pkl": import_pkl_command,
+        "mtil-manifest": mtil_manifest_command,
+    },
+    "world": {
+        "pretrain": WorldPretrainCommand,
+        "evaluate": world_evaluate_command,
+    },
+}
 
-            return data_check_command(argv[2:])
-        if argv[:2] == ["data", "import-pkl"]:
-            from peftclip.data.dassl_pkl import import_pkl_command
+EXAMPLES = """\
+examples:
+  peftclip test --config recipes/zeroshot/tiny_random.yaml
+  peftclip base2new --config recipes/quickstart.yaml
+  peftclip fit --config RECIPE.yaml --print_config       the resolved recipe
+  peftclip test --config recipes/zeroshot/imagenet.yaml --data.root /data/imagenet_folder \\
+      --model.backbone.pretrained /weights/ViT-B-16.pt
 
-            return import_pkl_command(argv[2:])
-        if argv[:2] == ["data", "mtil-manifest"]:
-            from peftclip.data.mtil_splits import mtil_manifest_command
+Recipes are YAML files (see recipes/); any key can be overridden on the command line.
+`peftclip COMMAND --help` lists every option of a command."""
 
-            return mtil_manifest_command(argv[2:])
-        if argv[0] == "export":
-            from peftclip.export import export_command
 
-            return export_command(argv[1:])
-        if argv[0] == "world":
-            from peftclip.world.command import world_command
+def _summary(entry: Command) -> str:
+    """A command's line in ``peftclip --help``: the first line of its docstring."""
+    if isinstance(entry, RecipeCommand):
+        return entry.help or _summary(entry.run)
+    return inspect.getdoc(entry).splitlines()[0].rstrip(".")
 
-            return world_command(argv[1:])
-        from peftclip.lightning.cli import PeftClipCLI
 
-        if argv[0] == "base2new":
-            from peftclip.protocols.base_to_new import run_base_to_new
+def leaf_commands(
+    table: dict = COMMANDS, prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], Command]:
+    """Every runnable command by its words, e.g. ``("data", "check")``, in table order."""
+    leaves = {}
+    for name, entry in table.items():
+        if isinstance(entry, dict):
+            leaves.update(leaf_commands(entry, (*prefix, name)))
+        else:
+            leaves[(*prefix, name)] = entry
+    return leaves
 
-            cli = PeftClipCLI(args=argv[1:], run=False)
-            result = run_base_to_new(cli.model, cli.datamodule, cli.trainer)
-            method = "+".join(a.name for a in cli.model.adapters) or "no adapter"
-            print(
-                f"\nbase-to-new on {cli.datamodule.dataset_name}, seed {cli.datamodule.seed} "
-                f"(top-1 %)\n{result.table(method)}"
+
+def overview() -> str:
+    """``peftclip --help``: every command with its one line, then examples."""
+    leaves = {" ".join(words): entry for words, entry in leaf_commands().items()}
+    width = max(map(len, leaves)) + 2
+    lines = [
+        "peftclip — parameter-efficient fine-tuning of a frozen CLIP.",
+        "",
+        "usage: peftclip COMMAND [options]",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}{_summary(entry)}" for name, entry in leaves.items()]
+    return "\n".join([*lines, "", EXAMPLES])
+
+
+class CommandParser(ArgumentParser):
+    """jsonargparse's parser with peftclip's spelling of the options made from a signature.
+
+    ``--cache-dir`` for the parameter ``cache_dir`` (``--cache_dir`` is accepted too; a config
+    file says ``cache_dir``), and a ``bool`` as a flag pair ``--force`` / ``--no-force`` instead
+    of jsonargparse's ``--force true``. jsonargparse's own ``--print_config`` keeps its name, as
+    in every LightningCLI command.
+    """
+
+    def add_argument(self, *args, **kwargs):
+        if not any(arg.startswith("--") for arg in args) or "--print_config" in args:
+            return super().add_argument(*args, **kwargs)  # positionals, -h, --print_config
+        if kwargs.get("type") is bool and kwargs.get("action") is None:
+            del kwargs["type"]
+            kwargs["action"] = ActionYesNo(no_prefix="no-")
+        action = super().add_argument(*(arg.replace("_", "-") for arg in args), **kwargs)
+        for arg in args:  # argparse names the destination after the first option: cache_dir
+            if "_" in arg and not isinstance(action, ActionYesNo):
+                self._option_string_actions.setdefault(arg, action)  # unlisted in --help
+        return action
+
+
+def _description(command: Callable) -> str:
+    """A command's docstring without its ``Args:`` section: the text of its ``--help``."""
+    doc = parse_docstring(inspect.getdoc(command))
+    return "\n\n".join(filter(None, [doc.short_description, doc.long_description]))
+
+
+def _command_parser(command: Callable) -> CommandParser:
+    """The parser of one command, made from its signature and docstring."""
+    parser = CommandParser(description=_description(command))
+    parser.add_argument("--config", action=ActionConfigFile, help="options as a YAML file")
+    if inspect.isclass(command):
+        parser.add_class_arguments(command, as_group=False, fail_untyped=True)
+        return parser
+    # jsonargparse reads a list positional as one JSON/YAML list ("[a, b]"); a command line wants
+    # `data check --root R a b`, so such a positional is added here with nargs="*".
+    hints = typing.get_type_hints(command)
+    docs = {p.arg_name: p.description for p in parse_docstring(inspect.getdoc(command)).params}
+    lists = [
+        name
+        for name, parameter in inspect.signature(command).parameters.items()
+        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+        and parameter.default is parameter.empty
+        and typing.get_origin(hints[name]) is list
+    ]
+    for name in lists:
+        (item,) = typing.get_args(hints[name])
+        parser.add_argument(name, nargs="*", type=item, default=[], help=docs.get(name))
+    parser.add_function_arguments(
+        command, as_group=False, as_positional=True, fail_untyped=True, skip=set(lists)
+    )
+    return parser
+
+
+def build_parser(
+    table: dict = COMMANDS, parser: ArgumentParser | None = None, words: tuple[str, ...] = ()
+) -> ArgumentParser:
+    """The jsonargparse parser of ``peftclip`` (a ``RecipeCommand`` appears by name only)."""
+    parser = parser or ArgumentParser(prog="peftclip")
+    subcommands = parser.add_subcommands(required=True, dest="command")
+    for name, entry in table.items():
+        if isinstance(entry, dict):
+            subparser = ArgumentParser()
+            subcommands.add_subcommand(name, subparser, help=" | ".join(entry))
+        elif isinstance(entry, RecipeCommand):
+            subparser = ArgumentParser(add_help=False)
+            subcommands.add_subcommand(name, subparser, help=_summary(entry))
+        else:
+            subparser = _command_parser(entry)
+            subcommands.add_subcommand(name, subparser, help=_summary(entry))
+        subparser.prog = " ".join(["peftclip", *words, name])
+        if isinstance(entry, dict):
+            build_parser(entry, subparser, (*words, name))
+    return parser
+
+
+def _resolve(argv: list[str]) -> tuple[list[str], Command | dict]:
+    """The command words at the start of ``argv`` and the table entry they name.
+
+    Raises:
+        PeftClipError: A word names no command (with the closest names).
+    """
+    words: list[str] = []
+    entry: Command | dict = COMMANDS
+    while isinstance(entry, dict) and len(argv) > len(words):
+        word = argv[len(words)]
+        if word.startswith("-"):
+            break
+        if word not in entry:
+            where = " ".join(["peftclip", *words])
+            close = difflib.get_close_matches(word, list(entry), n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise PeftClipError(
+                f"'{where}' has no command '{word}'; {hint}`{where} --help` lists them all."
             )
-            return 0
-        PeftClipCLI(args=None if from_command_line else argv)
+        words.append(word)
+        entry = entry[word]
+    return words, entry
+
+
+def _run(argv: list[str]) -> int:
+    words, entry = _resolve(argv)
+    if isinstance(entry, RecipeCommand):
+        return entry.run(argv[len(words) :]) or 0
+    config = build_parser().parse_args(argv)
+    options = config[".".join(words)].as_dict()
+    options.pop("config", None)
+    if inspect.isclass(entry):
+        return entry(**options)() or 0
+    return entry(**options) or 0
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip:")
+
+
+def quiet_third_party_messages() -> None:
+    """Silences third-party messages that tell a peftclip user nothing; peftclip's own stay.
+
+    Each is matched by its message (and module), so anything else still shows:
+
+    * Lightning's "💡 Tip: ..." advertisements for its cloud services (log records of the logger
+      that ``rank_zero_info`` writes to; getting it by name works before Lightning is imported).
+    * Lightning 2.6's ``_pytree`` helper builds torch's deprecated ``LeafSpec`` (a FutureWarning
+      since torch 2.14, raised inside Lightning: nothing a user can change).
+    * torch's "`torch.jit.load` is deprecated": OpenAI ships its CLIP weights only as TorchScript
+      archives, which backbone/loading.py reads once for their state dict; nothing else reads
+      them, so the advice ("switch to torch.export") has nothing to switch to.
+    * "Precision 16-mixed is not supported by the model summary": mixed precision keeps the
+      weights in float32, which is what the summary then assumes.
+    * "does not have many workers": the recipes state ``data.num_workers`` on purpose (0 for the
+      in-memory world datasets, where worker processes only add start-up time).
+    * "LightningCLI's args parameter is intended ...": peftclip hands LightningCLI its
+      arguments itself, by design.
+    """
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
+        tips.addFilter(_DropLightningTips())
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`torch\.jit\.load` is deprecated",
+        category=FutureWarning,
+        module=r"torch\.jit\._serialization",
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"Precision \S+-mixed is not supported by the model summary"
+    )
+    warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers")
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``peftclip COMMAND ...``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(overview())
+        return 0
+    quiet_third_party_messages()
+    try:
+        return _run(argv)
     except PeftClipError as error:
         if os.environ.get("PEFTCLIP_TRACEBACK"):
             raise
         print(f"peftclip: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
-import argparse
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
+from lightning.pytorch.cli import LightningArgumentParser
 from safetensors.torch import save_file
 from torch import nn
 
@@ -23,6 +25,7 @@ from peftclip.atomic_files import atomic_path
 from peftclip.backbone import FrozenClip
 from peftclip.backbone.attention import SplitAttention
 from peftclip.errors import PeftClipError
+from peftclip.lightning.cli import PeftClipCLI
 
 
 def merge_weight_space_adapters(adapters: Sequence[Adapter]) -> list[WeightSpaceAdapter]:
@@ -105,32 +108,45 @@ def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
     return output
 
 
-def export_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="peftclip export",
-        description="Export a trained adapter checkpoint as open_clip weights or a peft adapter. "
-        "Other options (--config RECIPE.yaml, --model.backbone.pretrained ...) describe the "
-        "model exactly as at training.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="adapter checkpoint of peftclip fit")
-    parser.add_argument(
-        "--output", required=True, help="file (open_clip; .safetensors or .pt) or folder (peft)"
-    )
-    parser.add_argument("--format", choices=["open_clip", "peft"], default="open_clip")
-    args, recipe = parser.parse_known_args(list(argv))
-    if not recipe:
-        parser.error("give the training recipe: --config RECIPE.yaml [overrides ...]")
-    from peftclip.lightning.cli import PeftClipCLI
+class ExportCLI(PeftClipCLI):
+    """Exports a trained adapter as open_clip weights or a peft adapter.
 
-    model = PeftClipCLI(args=recipe, run=False).model
-    model.load_adapter_checkpoint(args.ckpt_path)
-    if args.format == "peft":
-        written = save_peft(model.adapters, args.output)
+    The recipe options (--config RECIPE.yaml, --model.backbone.pretrained ...) describe the model
+    exactly as at training; --ckpt_path, --output and --format say what to export and where
+    (they can sit in the config file too).
+    """
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("prog", "peftclip export")
+        kwargs.setdefault("description", inspect.getdoc(ExportCLI))
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--ckpt_path", required=True, help="adapter checkpoint of peftclip fit")
+        parser.add_argument(
+            "--output", required=True, help="file (open_clip; .safetensors or .pt) or folder (peft)"
+        )
+        parser.add_argument(
+            "--format",
+            type=Literal["open_clip", "peft"],
+            default="open_clip",
+            help="merged open_clip weights, or the LoRA tensors in peft's adapter format",
+        )
+
+
+def export_command(args: list[str]) -> int:
+    """Exports a trained adapter as open_clip weights or a peft adapter."""
+    cli = ExportCLI(args=args, run=False)
+    model, output, export_format = cli.model, cli.config.output, cli.config.format
+    model.load_adapter_checkpoint(cli.config.ckpt_path)
+    if export_format == "peft":
+        written = save_peft(model.adapters, output)
     else:
         merge_weight_space_adapters(model.adapters)
-        written = save_open_clip(model.backbone, args.output)
+        written = save_open_clip(model.backbone, output)
     print(f"wrote {written}")
-    if args.format == "open_clip":
+    if export_format == "open_clip":
         print(
             f"load it with open_clip.create_model({model.backbone.identity.model_name!r}, "
             f"pretrained={str(written)!r})"

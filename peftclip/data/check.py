@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +11,6 @@ from PIL import Image, UnidentifiedImageError
 from peftclip.data.fewshot import base_new_labels
 from peftclip.data.registry import (
     SPLITS,
-    PublishedCounts,
     build_dataset,
     dataset_definition,
     dataset_definitions,
@@ -30,25 +27,6 @@ def default_names() -> list[str]:
     """The datasets checked when none is named (definitions with ``check_by_default``; not the
     MTIL split datasets, which need a generated manifest and share CoOp's folders)."""
     return [d.name for d in dataset_definitions() if d.counts is not None and d.check_by_default]
-
-
-class _PublishedCountsByName(Mapping):
-    """The published counts of :func:`checked_names`, read from the definitions on each use."""
-
-    def __getitem__(self, name: str) -> PublishedCounts:
-        if name not in checked_names():
-            raise KeyError(name)
-        return dataset_definition(name).counts
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(checked_names())
-
-    def __len__(self) -> int:
-        return len(checked_names())
-
-
-#: Name → published counts, a view of the dataset definitions (no copy of its own).
-EXPECTED: Mapping[str, PublishedCounts] = _PublishedCountsByName()
 
 
 @dataclass
@@ -132,29 +110,28 @@ def _readable(path) -> bool:
         return False
 
 
-def data_check_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="peftclip data check",
-        description="Check a data root (CoOp layout, CIFAR100, MNIST; the MTIL split datasets "
-        "when named): presence, image counts per split against the expected counts, class "
-        "counts, file checksums, unreadable images. Exit code 1 on any problem.",
-    )
-    parser.add_argument("--root", required=True, help="the data root <DATA>")
-    parser.add_argument(
-        "names", nargs="*", help=f"datasets (default: all of {', '.join(default_names())})"
-    )
-    parser.add_argument("--no-decode", action="store_true", help="skip opening every image")
-    args = parser.parse_args(argv)
-    unknown = [name for name in args.names if name not in EXPECTED]
+def data_check_command(names: list[str], *, root: str, decode: bool = True) -> int:
+    """Checks a data root against the published split counts.
+
+    For each dataset (CoOp layout, CIFAR100, MNIST; the MTIL split datasets when named): present,
+    images per split and classes as published, file checksums, unreadable images. Prints one row
+    per dataset; exit status 1 on any problem (an absent dataset only when it was named).
+
+    Args:
+        names: Datasets to check (none: all but the MTIL split datasets, which need a manifest).
+        root: The data root <DATA>.
+        decode: Open every image to find unreadable files (--no-decode: counts only).
+    """
+    known = checked_names()
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise PeftClipError(f"data check knows {', '.join(EXPECTED)}; not {', '.join(unknown)}.")
-    names = args.names or default_names()
-    results = [check_dataset(n, args.root, not args.no_decode) for n in names]
+        raise PeftClipError(f"data check knows {', '.join(known)}; not {', '.join(unknown)}.")
+    results = [check_dataset(name, root, decode) for name in names or default_names()]
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"peftclip data check — {args.root}")
+    table = Table(title=f"peftclip data check — {root}")
     for column in ("dataset", "status", "classes", *SPLITS, "problems"):
         table.add_column(column, overflow="fold")
     for result in results:
@@ -164,5 +141,5 @@ def data_check_command(argv: list[str]) -> int:
                       *counts, "\n".join(result.problems))  # fmt: skip
     Console(width=160).print(table)
     # Absent datasets fail the check only when they were asked for by name.
-    failed = [r for r in results if r.status == "problem" or (r.status == "missing" and args.names)]
+    failed = [r for r in results if r.status == "problem" or (r.status == "missing" and names)]
     return 1 if failed else 0

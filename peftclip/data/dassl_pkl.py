@@ -109,25 +109,31 @@ def import_dassl_pkl(
     return output
 
 
-def import_pkl_command(argv: list[str]) -> int:
-    import argparse
+def import_pkl_command(
+    pkl: Path,
+    *,
+    root: Path,
+    dataset: str,
+    shots: int | None = None,
+    seed: int | None = None,
+    cache_dir: Path | None = None,
+) -> int:
+    """Imports a Dassl few-shot pkl as a peftclip manifest.
 
+    Reads Dassl's split_fewshot/shot_<K>-seed_<s>.pkl; a recipe then trains on exactly that
+    sample with data.sampler: dassl-pkl (and the same data.shots and data.seed).
+
+    Args:
+        pkl: The Dassl pickle.
+        root: The data root <DATA>.
+        dataset: Registry name of the dataset, e.g. imagenet.
+        shots: Shots per class (default: from the file name).
+        seed: Sampling seed (default: from the file name).
+        cache_dir: Where manifests live (default: <DATA>/.peftclip).
+    """
     from peftclip.data.registry import build_dataset
 
-    parser = argparse.ArgumentParser(
-        prog="peftclip data import-pkl",
-        description="Turn Dassl's split_fewshot/shot_<K>-seed_<s>.pkl into a peftclip manifest; "
-        "use it with data.sampler: dassl-pkl.",
-    )
-    parser.add_argument("pkl", type=Path)
-    parser.add_argument("--root", required=True, type=Path, help="the data root <DATA>")
-    parser.add_argument("--dataset", required=True, help="registry name, e.g. imagenet")
-    parser.add_argument("--shots", type=int, help="default: from the file name")
-    parser.add_argument("--seed", type=int, help="default: from the file name")
-    parser.add_argument("--cache-dir", type=Path, help="default: <DATA>/.peftclip")
-    args = parser.parse_args(argv)
-    data = build_dataset(args.dataset, str(args.root))
-    cache = args.cache_dir or args.root / ".peftclip"
-    output = import_dassl_pkl(data, args.pkl, args.root, cache, args.shots, args.seed)
+    data = build_dataset(dataset, str(root))
+    output = import_dassl_pkl(data, pkl, root, cache_dir or root / ".peftclip", shots, seed)
     print(f"wrote {output}")
     return 0

@@ -17,7 +17,6 @@ split depends on the filesystem, and peftclip lists sorted paths instead.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -358,26 +357,24 @@ def read_mtil_split(
     return ClassificationData(definition.name, classnames, splits, templates, folder, path)
 
 
-def mtil_manifest_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="peftclip data mtil-manifest",
-        description="Write the split manifest of an MTIL dataset that ZSCL splits at random "
-        "(80/20, torch.Generator().manual_seed(42)) from a torchvision-layout tree. Caltech101 "
-        "and EuroSAT reproduce ZSCL's split; SUN397 is listed in sorted order, so its split is "
-        "peftclip's own (ZSCL's depends on the filesystem).",
-    )
-    parser.add_argument("--root", required=True, help="the MTIL data root (or a CoOp data root)")
-    parser.add_argument(
-        "--dataset",
-        required=True,
-        choices=[*MTIL_SPLIT_LAYOUTS, *map("mtil_{}".format, MTIL_SPLIT_LAYOUTS)],
-    )
-    parser.add_argument("--output", help="default: <root>/.peftclip/mtil/<dataset>.json")
-    parser.add_argument("--force", action="store_true", help="replace a different manifest")
-    args = parser.parse_args(argv)
-    manifest = build_manifest(args.root, args.dataset)
-    path = Path(args.output) if args.output else default_manifest_path(args.root, args.dataset)
-    digest = write_manifest(manifest, path, args.force)
+def mtil_manifest_command(
+    *, root: str, dataset: str, output: str | None = None, force: bool = False
+) -> int:
+    """Writes ZSCL's random 80/20 split of an MTIL dataset as a manifest.
+
+    Lists a torchvision-layout tree and splits it with torch.Generator().manual_seed(42), as ZSCL
+    does. Caltech101 and EuroSAT reproduce ZSCL's split; SUN397 is listed in sorted order, so its
+    split is peftclip's own (ZSCL's depends on the filesystem).
+
+    Args:
+        root: The MTIL data root (or a CoOp data root).
+        dataset: A randomly split MTIL dataset, e.g. caltech101 (the mtil_ prefix is optional).
+        output: The manifest file (default: <root>/.peftclip/mtil/<dataset>.json).
+        force: Replace an existing manifest that differs.
+    """
+    manifest = build_manifest(root, dataset)
+    path = Path(output) if output else default_manifest_path(root, dataset)
+    digest = write_manifest(manifest, path, force)
     print(
         f"wrote {path}: {len(manifest['classnames'])} classes, {len(manifest['train'])} train / "
         f"{len(manifest['test'])} test images; sha256 {digest}"
