@@ -18,8 +18,8 @@ Adding a subcommand is two steps:
 
    A dataclass with ``__call__`` works too (its fields are the options; the instance is called),
    for a command that extends a settings class (``world pretrain``).
-2. Add it to ``COMMANDS`` in this module, e.g. ``"import-checkpoint": import_checkpoint_command,``
-   (a nested dict is a command group: ``"data": {"check": ...}`` is ``peftclip data check``).
+2. Add it to ``COMMANDS`` in this module, e.g. ``"list": list_command,`` (a nested dict is a
+   command group: ``"data": {"check": ...}`` is ``peftclip data check``).
 
 A command whose arguments are a *recipe* (``--config RECIPE.yaml``, ``--model.*``, ``--data.*``,
 ``--trainer.*``, as for ``peftclip fit``) is a ``RecipeCommand`` instead: ``peftclip`` lists it
@@ -51,6 +51,7 @@ from peftclip.data.dassl_pkl import import_pkl_command
 from peftclip.data.mtil_splits import mtil_manifest_command
 from peftclip.errors import PeftClipError
 from peftclip.export import export_command
+from peftclip.official_checkpoints import import_checkpoint_command
 from peftclip.world.command import WorldPretrainCommand, world_evaluate_command
 
 
@@ -84,7 +85,12 @@ def base_to_new_command(args: list[str]) -> int:
     from peftclip.lightning.cli import PeftClipCLI
     from peftclip.protocols.base_to_new import run_base_to_new
 
-    cli = PeftClipCLI(args=args, run=False)
+    cli = PeftClipCLI(
+        args=args,
+        run=False,
+        prog="peftclip base2new",
+        description=inspect.getdoc(base_to_new_command),
+    )
     result = run_base_to_new(cli.model, cli.datamodule, cli.trainer)
     method = "+".join(a.name for a in cli.model.adapters) or "no adapter"
     print(
@@ -118,7 +124,7 @@ def list_command(kind: Literal["adapters", "datasets", "models"]) -> int:
 
 Command = Callable[..., int | None] | RecipeCommand
 #: Every subcommand of ``peftclip``, in the order ``peftclip --help`` lists them. Adding one is
-#: one entry here (see the module docstring); ``import-checkpoint`` and ``run`` will join them.
+#: one entry here (see the module docstring); the protocol runner ``run`` will join them.
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "fit": RecipeCommand(partial(lightning_command, "fit"), "Trains the adapters of a recipe"),
     "validate": RecipeCommand(
@@ -129,6 +135,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     ),
     "base2new": RecipeCommand(base_to_new_command),
     "export": RecipeCommand(export_command),
+    "import-checkpoint": RecipeCommand(import_checkpoint_command),
     "list": list_command,
     "data": {
         "check": data_check_command,

@@ -109,17 +109,12 @@ def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
 
 
 class ExportCLI(PeftClipCLI):
-    """Exports a trained adapter as open_clip weights or a peft adapter.
+    """Exports a trained adapter as open_clip weights, a peft adapter or the official format.
 
     The recipe options (--config RECIPE.yaml, --model.backbone.pretrained ...) describe the model
     exactly as at training; --ckpt_path, --output and --format say what to export and where
     (they can sit in the config file too).
     """
-
-    def init_parser(self, **kwargs) -> LightningArgumentParser:
-        kwargs.setdefault("prog", "peftclip export")
-        kwargs.setdefault("description", inspect.getdoc(ExportCLI))
-        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
@@ -129,19 +124,26 @@ class ExportCLI(PeftClipCLI):
         )
         parser.add_argument(
             "--format",
-            type=Literal["open_clip", "peft"],
+            type=Literal["open_clip", "peft", "official"],
             default="open_clip",
-            help="merged open_clip weights, or the LoRA tensors in peft's adapter format",
+            help="merged open_clip weights, the LoRA tensors in peft's adapter format, or the "
+            "adapter under the official code's names and layout (CoOp, CoCoOp, MaPLe, CLIP-SVD)",
         )
 
 
 def export_command(args: list[str]) -> int:
-    """Exports a trained adapter as open_clip weights or a peft adapter."""
-    cli = ExportCLI(args=args, run=False)
+    """Exports a trained adapter as open_clip weights, a peft adapter or the official format."""
+    cli = ExportCLI(
+        args=args, run=False, prog="peftclip export", description=inspect.getdoc(ExportCLI)
+    )
     model, output, export_format = cli.model, cli.config.output, cli.config.format
     model.load_adapter_checkpoint(cli.config.ckpt_path)
     if export_format == "peft":
         written = save_peft(model.adapters, output)
+    elif export_format == "official":
+        from peftclip.official_checkpoints import save_official
+
+        written = save_official(model, cli.config.ckpt_path, output)
     else:
         merge_weight_space_adapters(model.adapters)
         written = save_open_clip(model.backbone, output)

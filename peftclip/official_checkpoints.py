@@ -27,6 +27,7 @@ The official formats, as their code writes them:
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import re
 import warnings
@@ -40,6 +41,7 @@ import torch
 from peftclip.adapters import Adapter, ClipSVD, CoCoOp, CoOp, MaPLe
 from peftclip.atomic_files import atomic_path
 from peftclip.errors import PeftClipError
+from peftclip.lightning.cli import LightningArgumentParser, PeftClipCLI
 from peftclip.lightning.module import PeftClipModule
 
 #: What :func:`read_official` recognises, as shown in errors.
@@ -458,8 +460,6 @@ def official_checkpoint(module: PeftClipModule, epoch: int = 0) -> dict:
 
 # ------------------------------------------------------------------------ command-line entries
 def _module_from_recipe(recipe: str | Path, overrides: Sequence[str]) -> PeftClipModule:
-    from peftclip.lightning.cli import PeftClipCLI
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         return PeftClipCLI(args=["--config", str(recipe), *overrides], run=False).model
@@ -521,9 +521,57 @@ def export_official(
     """
     module = _module_from_recipe(recipe, overrides)
     module.load_adapter_checkpoint(str(ckpt_path))
+    return save_official(module, ckpt_path, output)
+
+
+def save_official(module: PeftClipModule, ckpt_path: str | Path, output: str | Path) -> Path:
+    """Writes ``module``'s adapter, loaded from ``ckpt_path``, as the official code saves it."""
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
     # Dassl counts finished epochs; Lightning records the index of the epoch it saved in.
     official = official_checkpoint(module, epoch=int(saved.get("epoch", -1)) + 1)
     with atomic_path(output) as partial:
         torch.save(official, partial)
     return Path(output)
+
+
+class ImportCheckpointCLI(PeftClipCLI):
+    """Turns an official CoOp / CoCoOp / MaPLe (Dassl) or CLIP-SVD checkpoint into a peftclip one.
+
+    The recipe options (--config RECIPE.yaml, --model.backbone.pretrained ...) are those the
+    checkpoint will be evaluated with: they decide the backbone and the adapter's settings, and
+    the file's tensors must fit them exactly. Then: peftclip test --config RECIPE.yaml
+    --ckpt_path OUTPUT.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--source",
+            required=True,
+            help="the official file: prompt_learner/model.pth.tar-N (CoOp, CoCoOp), "
+            "MultiModalPromptLearner/model.pth.tar-N (MaPLe) or CLIP-SVD's .pt",
+        )
+        parser.add_argument("--output", required=True, help="the peftclip checkpoint to write")
+        parser.add_argument(
+            "--trust_pickle",
+            type=bool,
+            default=False,
+            help="unpickle Python objects besides tensors (Dassl files hold the scheduler "
+            "object); only for files you trust",
+        )
+
+
+def import_checkpoint_command(args: list[str]) -> int:
+    """Imports an official CoOp / CoCoOp / MaPLe or CLIP-SVD checkpoint."""
+    cli = ImportCheckpointCLI(
+        args=args,
+        run=False,
+        prog="peftclip import-checkpoint",
+        description=inspect.getdoc(ImportCheckpointCLI),
+    )
+    checkpoint = imported_checkpoint(cli.model, cli.config.source, cli.config.trust_pickle)
+    with atomic_path(cli.config.output) as partial:
+        torch.save(checkpoint, partial)
+    print(f"wrote {cli.config.output}; evaluate it with peftclip test --config RECIPE.yaml "
+          f"--ckpt_path {cli.config.output}")  # fmt: skip
+    return 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from peftclip.backbone import backbone_transforms
 from peftclip.cli import (
     COMMANDS,
     RecipeCommand,
@@ -44,7 +45,7 @@ def test_zero_shot_recipe_runs_and_reports_micro_top1(tmp_path):
     # Recompute top-1 by hand on the same images: the table must report micro accuracy in %.
     module, data = cli.model.eval(), build_dataset("world_colors")
     test = data.splits["test"]
-    test.transform = module.backbone.preprocess_eval
+    test.transform = backbone_transforms("peftclip-tiny-vit", None).eval
     images = torch.stack([test[i][0] for i in range(len(test))])
     with torch.no_grad():
         predictions = module(images)["logits"].argmax(-1)

@@ -394,3 +394,21 @@ def test_a_fit_checkpoint_exports_under_the_official_names(tmp_path):
         assert torch.equal(
             value, trained["state_dict"][f"classifier.adapters.0.{_hand_mapping('cocoop', key)}"]
         )
+
+
+@pytest.mark.parametrize("case", ["coop", "clip_svd"])
+def test_the_command_line_imports_and_exports_official_files(tmp_path, case, capsys):
+    from peftclip.cli import main
+
+    source, official = _official_file(tmp_path, case)
+    recipe = ["--config", str(_recipe(tmp_path, case))]
+    imported, exported = tmp_path / "imported.ckpt", tmp_path / "official.pth.tar"
+    assert main(["import-checkpoint", *recipe, "--source", str(source), "--output",
+                 str(imported), "--trust_pickle", "true"]) == 0  # fmt: skip
+    assert f"--ckpt_path {imported}" in capsys.readouterr().out
+    assert main(["export", *recipe, "--ckpt_path", str(imported), "--output", str(exported),
+                 "--format", "official"]) == 0  # fmt: skip
+    written = torch.load(exported, weights_only=True)
+    tensors = written["weights"] if case == "clip_svd" else written["state_dict"]
+    assert set(tensors) == set(official)
+    assert all(torch.equal(tensors[key].to(value.dtype), value) for key, value in official.items())

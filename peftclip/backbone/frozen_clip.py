@@ -52,8 +52,6 @@ class FrozenClip(nn.Module):
         model: The open_clip model (its attention is split in place).
         tokenizer: open_clip tokenizer for the model.
         identity: Model name, weights source and weights hash.
-        preprocess_train: open_clip's training transform for the model.
-        preprocess_eval: open_clip's evaluation transform for the model.
     """
 
     def __init__(
@@ -61,8 +59,6 @@ class FrozenClip(nn.Module):
         model: open_clip.CLIP,
         tokenizer,
         identity: BackboneIdentity,
-        preprocess_train=None,
-        preprocess_eval=None,
     ) -> None:
         super().__init__()
         if not isinstance(model, open_clip.CLIP):
@@ -84,8 +80,6 @@ class FrozenClip(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.identity = identity
-        self.preprocess_train = preprocess_train
-        self.preprocess_eval = preprocess_eval
 
     def train(self, mode: bool = True) -> FrozenClip:
         # The frozen CLIP never leaves eval mode (RN50 BatchNorm statistics, dropout).

@@ -63,7 +63,7 @@ def load_backbone(
 
     with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(checkpoint is not None):
         torch.manual_seed(init_seed)
-        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+        model = open_clip.create_model(
             model_name,
             pretrained=pretrained if checkpoint is None and pretrained else None,
             force_quick_gelu=force_quick_gelu,
@@ -75,13 +75,7 @@ def load_backbone(
         pretrained=pretrained if checkpoint is None else str(Path(checkpoint).resolve()),
         weights_sha256=weights_sha256(model),
     )
-    return FrozenClip(
-        model,
-        get_tokenizer(model_name),
-        identity,
-        preprocess_train=preprocess_train,
-        preprocess_eval=preprocess_eval,
-    )
+    return FrozenClip(model, get_tokenizer(model_name), identity)
 
 
 @contextlib.contextmanager

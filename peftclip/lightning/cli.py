@@ -70,10 +70,15 @@ def _int_before_float() -> None:
 class PeftClipCLI(LightningCLI):
     """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
 
-    def __init__(self, args=None, run: bool = True, **kwargs) -> None:
+    def __init__(
+        self, args=None, run: bool = True, prog: str = "peftclip", description=None, **kwargs
+    ) -> None:
         _int_before_float()
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
-        parser_kwargs = {"parser_mode": PARSER_MODE}
+        # The usage line names the command a user typed, also under `python -m peftclip`.
+        parser_kwargs = {"parser_mode": PARSER_MODE, "prog": prog}
+        if description is not None:
+            parser_kwargs["description"] = description
         parser_kwargs.update({name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS})
         super().__init__(
             PeftClipModule,
