@@ -18,8 +18,10 @@ Adding a subcommand is two steps:
 
    A dataclass with ``__call__`` works too (its fields are the options; the instance is called),
    for a command that extends a settings class (``world pretrain``).
-2. Add it to ``COMMANDS`` in this module, e.g. ``"list": list_command,`` (a nested dict is a
-   command group: ``"data": {"check": ...}`` is ``peftclip data check``).
+2. Add it to ``COMMANDS`` in this module by its import path, e.g.
+   ``"check": Lazy("peftclip.data.check:data_check_command"),`` (a nested dict is a command
+   group: ``"data": {"check": ...}`` is ``peftclip data check``). ``Lazy`` imports the module
+   only when the command runs; ``peftclip --help`` reads the summaries from the source files.
 
 A command whose arguments are a *recipe* (``--config RECIPE.yaml``, ``--model.*``, ``--data.*``,
 ``--trainer.*``, as for ``peftclip fit``) is a ``RecipeCommand`` instead: ``peftclip`` lists it
@@ -31,7 +33,9 @@ run_protocol_command),``.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import importlib
 import inspect
 import logging
 import os
@@ -41,18 +45,43 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from docstring_parser import parse as parse_docstring
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-from peftclip.data.check import data_check_command
-from peftclip.data.dassl_pkl import import_pkl_command
-from peftclip.data.mtil_splits import mtil_manifest_command
 from peftclip.errors import PeftClipError
-from peftclip.export import export_command
-from peftclip.official_checkpoints import import_checkpoint_command
-from peftclip.world.command import WorldPretrainCommand, world_evaluate_command
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A command named by its import path ``module:name``, imported only when it runs.
+
+    The commands import torch, Lightning and open_clip (seconds); ``peftclip --help`` reads
+    each command's summary from its source file instead, so it answers at once.
+    """
+
+    path: str
+
+    def load(self) -> Callable:
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def summary(self) -> str:
+        """The first line of the command's docstring, read without importing its module."""
+        module, _, name = self.path.partition(":")
+        source = _PACKAGE_ROOT.joinpath(*module.split(".")).with_suffix(".py").read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+                return ast.get_docstring(node).splitlines()[0].rstrip(".")
+        raise LookupError(f"{self.path} is not a function or class of its module")
+
+
+def _loaded(entry):
+    return entry.load() if isinstance(entry, Lazy) else entry
 
 
 @dataclass(frozen=True)
@@ -64,7 +93,7 @@ class RecipeCommand:
         help: Its line in ``peftclip --help`` (default: the first line of ``run``'s docstring).
     """
 
-    run: Callable[[list[str]], int | None]
+    run: Callable[[list[str]], int | None] | Lazy
     help: str | None = None
 
 
@@ -122,7 +151,7 @@ def list_command(kind: Literal["adapters", "datasets", "models"]) -> int:
     return 0
 
 
-Command = Callable[..., int | None] | RecipeCommand
+Command = Callable[..., int | None] | Lazy | RecipeCommand
 #: Every subcommand of ``peftclip``, in the order ``peftclip --help`` lists them. Adding one is
 #: one entry here (see the module docstring); the protocol runner ``run`` will join them.
 COMMANDS: dict[str, Command | dict[str, Command]] = {
@@ -134,17 +163,19 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         partial(lightning_command, "test"), "Evaluates a recipe on its test split"
     ),
     "base2new": RecipeCommand(base_to_new_command),
-    "export": RecipeCommand(export_command),
-    "import-checkpoint": RecipeCommand(import_checkpoint_command),
+    "export": RecipeCommand(Lazy("peftclip.export:export_command")),
+    "import-checkpoint": RecipeCommand(
+        Lazy("peftclip.official_checkpoints:import_checkpoint_command")
+    ),
     "list": list_command,
     "data": {
-        "check": data_check_command,
-        "import-pkl": import_pkl_command,
-        "mtil-manifest": mtil_manifest_command,
+        "check": Lazy("peftclip.data.check:data_check_command"),
+        "import-pkl": Lazy("peftclip.data.dassl_pkl:import_pkl_command"),
+        "mtil-manifest": Lazy("peftclip.data.mtil_splits:mtil_manifest_command"),
     },
     "world": {
-        "pretrain": WorldPretrainCommand,
-        "evaluate": world_evaluate_command,
+        "pretrain": Lazy("peftclip.world.command:WorldPretrainCommand"),
+        "evaluate": Lazy("peftclip.world.command:world_evaluate_command"),
     },
 }
 
@@ -153,7 +184,7 @@ examples:
   peftclip test --config recipes/zeroshot/tiny_random.yaml
   peftclip base2new --config recipes/quickstart.yaml
   peftclip fit --config RECIPE.yaml --print_config       the resolved recipe
-  peftclip test --config recipes/zeroshot/imagenet.yaml --data.root /data/imagenet_folder \\
+  peftclip test --config recipes/zeroshot/image_folder.yaml --data.root /data/my_classes \\
       --model.backbone.pretrained /weights/ViT-B-16.pt
 
 Recipes are YAML files (see recipes/); any key can be overridden on the command line.
@@ -164,6 +195,8 @@ def _summary(entry: Command) -> str:
     """A command's line in ``peftclip --help``: the first line of its docstring."""
     if isinstance(entry, RecipeCommand):
         return entry.help or _summary(entry.run)
+    if isinstance(entry, Lazy):
+        return entry.summary()
     return inspect.getdoc(entry).splitlines()[0].rstrip(".")
 
 
@@ -264,7 +297,7 @@ def build_parser(
             subparser = ArgumentParser(add_help=False)
             subcommands.add_subcommand(name, subparser, help=_summary(entry))
         else:
-            subparser = _command_parser(entry)
+            subparser = _command_parser(_loaded(entry))
             subcommands.add_subcommand(name, subparser, help=_summary(entry))
         subparser.prog = " ".join(["peftclip", *words, name])
         if isinstance(entry, dict):
@@ -298,14 +331,20 @@ def _resolve(argv: list[str]) -> tuple[list[str], Command | dict]:
 
 def _run(argv: list[str]) -> int:
     words, entry = _resolve(argv)
+    prog = " ".join(["peftclip", *words])
     if isinstance(entry, RecipeCommand):
-        return entry.run(argv[len(words) :]) or 0
-    config = build_parser().parse_args(argv)
-    options = config[".".join(words)].as_dict()
+        return _loaded(entry.run)(argv[len(words) :]) or 0
+    if isinstance(entry, dict):  # a group: its parser knows (and imports) only its commands
+        build_parser(entry, ArgumentParser(prog=prog), tuple(words)).parse_args(argv[len(words) :])
+        return 0  # not reached: a group without a command is an error, its --help exits
+    command = _loaded(entry)
+    parser = _command_parser(command)
+    parser.prog = prog
+    options = parser.parse_args(argv[len(words) :]).as_dict()
     options.pop("config", None)
-    if inspect.isclass(entry):
-        return entry(**options)() or 0
-    return entry(**options) or 0
+    if inspect.isclass(command):
+        return command(**options)() or 0
+    return command(**options) or 0
 
 
 class _DropLightningTips(logging.Filter):

@@ -1,6 +1,7 @@
 """Precision profiles: peftclip's ``modern`` default and the CoOp family's ``anchor_fp16``.
 
-Semantics: specs/methods.md §0, §1.7 and §13 row 1.
+Semantics: docs/methods/index.md#precision-profiles; ``anchor_fp16`` is the CoOp family's
+reproduction switch (the method pages, e.g. docs/methods/coop.md).
 
 * ``modern`` (default): every weight fp32; the trainer's precision decides the rest (recipes use
   Lightning ``16-mixed``: fp16 autocast and a gradient scaler).

@@ -16,6 +16,7 @@ import yaml
 from peftclip.backbone import backbone_transforms
 from peftclip.cli import (
     COMMANDS,
+    Lazy,
     RecipeCommand,
     build_parser,
     leaf_commands,
@@ -215,8 +216,18 @@ def test_help_lists_every_command_once_with_one_line(capsys):
     assert {"data", "world"} <= set(COMMANDS) and len(leaf_commands()) >= 11
 
 
+def test_help_answers_without_importing_torch():
+    """`peftclip --help` reads the summaries from the source: no command module is imported."""
+    code = "import sys; from peftclip.cli import main; main(['--help']); print(sorted(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    modules = result.stdout.splitlines()[-1]
+    assert result.returncode == 0 and "fit" in result.stdout
+    assert "'torch'" not in modules and "'lightning'" not in modules
+
+
 def _options(command) -> list[str]:
     """What `--help` must mention for a command: its positionals and dashed options."""
+    command = command.load() if isinstance(command, Lazy) else command
     if isinstance(command, RecipeCommand):
         return ["--config", "--print_config", "--model.adapters", "--trainer.max_steps"]
     names, hints = [], typing.get_type_hints(command)

@@ -1,4 +1,4 @@
-"""CoCoOp (specs/methods.md §4): conditioning, batching, counts."""
+"""CoCoOp (docs/methods/cocoop.md): conditioning, batching, counts."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""CoOp (specs/methods.md §3): token layouts, init from words, counts, class-set rebuilds."""
+"""CoOp (docs/methods/coop.md): token layouts, init from words, counts, class-set rebuilds."""
 
 import pytest
 import torch

@@ -1,4 +1,7 @@
-"""Importing Dassl's few-shot pkl files with a restricted unpickler (specs/datasets.md §4.3)."""
+"""Importing Dassl's few-shot pkl files with a restricted unpickler.
+
+See docs/datasets.md#few-shot-samples.
+"""
 
 import json
 import os

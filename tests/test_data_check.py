@@ -11,7 +11,7 @@ from peftclip.cli import main
 from peftclip.data import dataset_definition
 from tests.fake_datasets import cifar_files as _cifar
 from tests.fake_datasets import idx_file as _idx
-from tests.fake_datasets import publish_counts
+from tests.fake_datasets import mnist_files, publish_counts
 from tests.fake_datasets import zhou_tree as _zhou_tree
 
 
@@ -77,13 +77,7 @@ def cifar_root(tmp_path, monkeypatch):
 
 @pytest.fixture
 def mnist_root(tmp_path, monkeypatch):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    images = np.zeros((3, 28, 28), dtype=np.uint8)
-    _idx(raw / "train-images-idx3-ubyte", images)
-    _idx(raw / "train-labels-idx1-ubyte", np.array([0, 1, 2]))
-    _idx(raw / "t10k-images-idx3-ubyte.gz", images[:2], compress=True)
-    _idx(raw / "t10k-labels-idx1-ubyte.gz", np.array([7, 9]), compress=True)
+    mnist_files(tmp_path)  # 3 train / 2 test images
     publish_counts(monkeypatch, "mnist", 10, 3, None, 2)
     return tmp_path
 

@@ -1,4 +1,5 @@
-"""Few-shot sampling equals Dassl's algorithm; base/new splits follow protocols.md §4."""
+"""Few-shot sampling equals Dassl's algorithm; base/new splits follow
+docs/protocols/base-to-new.md."""
 
 import random
 from collections import defaultdict

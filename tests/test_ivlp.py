@@ -1,4 +1,4 @@
-"""IVLP and VPT-deep (specs/methods.md §6): independent prompts, positions, counts."""
+"""IVLP and VPT-deep (docs/methods/ivlp.md, vpt_deep.md): independent prompts, positions, counts."""
 
 import pytest
 import torch

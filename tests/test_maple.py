@@ -1,4 +1,4 @@
-"""MaPLe (specs/methods.md §5): where prompts land, coupling, counts."""
+"""MaPLe (docs/methods/maple.md): where prompts land, coupling, counts."""
 
 import pytest
 import torch

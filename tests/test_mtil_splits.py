@@ -1,4 +1,6 @@
-"""MTIL split manifests (Caltech101, EuroSAT, SUN397) on fake torchvision trees (spec §7).
+"""MTIL split manifests (Caltech101, EuroSAT, SUN397) on fake torchvision trees.
+
+See docs/datasets.md#mtil-datasets.
 
 The reference is what ZSCL runs: torchvision's dataset classes, then
 ``random_split(dataset, [int(0.8 * n), n - int(0.8 * n)], generator=Generator().manual_seed(42))``.

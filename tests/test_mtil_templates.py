@@ -1,4 +1,7 @@
-"""ZSCL's MTIL template ensembles and hand-written class names, as transcribed (spec §6.4, §7)."""
+"""ZSCL's MTIL template ensembles and hand-written class names, as transcribed.
+
+See docs/datasets.md#templates and docs/datasets.md#mtil-datasets.
+"""
 
 import pytest
 

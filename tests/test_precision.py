@@ -1,4 +1,7 @@
-"""precision_profile anchor_fp16: the CoOp family's fp16 layout (specs/methods.md §1.7, §13 #1)."""
+"""precision_profile anchor_fp16: the CoOp family's fp16 layout.
+
+See docs/methods/index.md#precision-profiles and the reproduction switches of docs/methods/coop.md.
+"""
 
 import pytest
 import torch

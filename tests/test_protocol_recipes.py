@@ -14,7 +14,8 @@ from tests.test_coop_datasets import WNIDS, ZHOU_DATASETS, _classnames_file, _jp
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 PROMPT_LEARNERS = ["coop", "cocoop", "maple", "ivlp", "vpt_deep"]
-#: The evaluation datasets each protocol's recipes list (specs/protocols.md §3, §5, §6).
+#: The evaluation datasets each protocol's recipes list (docs/protocols/few-shot.md,
+#: domain-generalization.md, cross-dataset.md).
 TARGETS = {
     "fewshot": [],
     "dg": ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
@@ -107,8 +108,8 @@ def test_fewshot_recipe_fits_then_tests_from_its_checkpoint(data_root, tmp_path,
     sorted({path.parent.name for name in ("dg", "xd") for path in RECIPES.glob(f"*/{name}.yaml")}),
 )
 def test_imagenet_recipes_fit_then_test_every_target(data_root, tmp_path, method):
-    """dg.yaml and xd.yaml of a method train on ImageNet; where they train alike (protocols.md
-    §6.1: the same checkpoints), one fit serves both tests."""
+    """dg.yaml and xd.yaml of a method train on ImageNet; where they train alike
+    (docs/protocols/cross-dataset.md: the same training), one fit serves both tests."""
     fitted: dict[str, Path] = {}  # training config -> checkpoint
     for recipe in (RECIPES / method / f"{name}.yaml" for name in ("dg", "xd")):
         if not recipe.is_file():

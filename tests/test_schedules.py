@@ -1,4 +1,4 @@
-"""The Dassl epoch schedule, checked against the values in specs/methods.md §1.8."""
+"""The Dassl epoch schedule, checked against docs/methods/index.md#learning-rate-schedules."""
 
 import pytest
 import torch

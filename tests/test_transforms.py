@@ -1,4 +1,4 @@
-"""The named transforms of specs/datasets.md §5."""
+"""The named transforms of docs/datasets.md#transforms."""
 
 import pytest
 import torch

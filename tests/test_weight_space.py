@@ -266,8 +266,9 @@ def test_targets_select_towers_blocks_and_kinds(backbone):
     ],
 )
 def test_trainable_counts_on_vit_b_16(build, expected, monkeypatch):
-    """Spec methods.md §12. The SVD itself is replaced by a shape-exact stand-in: 144
-    decompositions take minutes on a shared 2-core CPU, and its values are tested above."""
+    """The counts of docs/methods/index.md. The SVD itself is replaced by a shape-exact
+    stand-in: 144 decompositions take minutes on a shared 2-core CPU, and its values are tested
+    above."""
 
     def shape_only_svd(weight, full_matrices=True):
         k = min(weight.shape)

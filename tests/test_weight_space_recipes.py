@@ -14,7 +14,10 @@ METHODS = ["clip_svd", "lora", "codyra"]
 
 
 def test_fp16_autocast_without_scaler_for_the_clip_svd_anchor(tmp_path):
-    """Quirk §13.2: CLIP-SVD's reference trains under fp16 autocast with no gradient scaler."""
+    """CLIP-SVD's reference trains under fp16 autocast with no gradient scaler.
+
+    A reproduction switch of docs/methods/clip_svd.md.
+    """
     cli = PeftClipCLI(args=[
         "fit", "--config", "recipes/zeroshot/tiny_random.yaml", "--model.adapters+=clip_svd",
         "--data.shots", "2", "--trainer.max_steps", "2", "--trainer.precision", "null",

@@ -1,6 +1,6 @@
 """CLIP-SVD: fine-tune only the singular values of CLIP's weights (HealthX-Lab/CLIP-SVD).
 
-Semantics: specs/methods.md §7. Every targeted Linear ``W = U diag(σ) Vᵀ`` (thin SVD, nothing
+Semantics: docs/methods/clip_svd.md. Every targeted Linear ``W = U diag(σ) Vᵀ`` (thin SVD, nothing
 truncated) computes ``y = x V diag(s) Uᵀ + b`` with ``s`` initialised to ``σ``; only ``s`` is
 trainable (92,160 scalars on ViT-B/16 with the default 144 targets).
 

@@ -1,6 +1,6 @@
 """CoCoOp: CoOp's context shifted per image by a small Meta-Net (Zhou et al., CVPR 2022).
 
-Semantics: specs/methods.md §4. Trainable: ``ctx`` (initialised as CoOp, class token at the
+Semantics: docs/methods/cocoop.md. Trainable: ``ctx`` (initialised as CoOp, class token at the
 end) and the Meta-Net ``Linear(d, d/16) → ReLU → Linear(d/16, text width)`` on the
 L2-normalized image features. Every context token of image ``b`` is shifted by the same
 ``π_b``. The anchor loops over images one by one (so it only runs batch 1); here all

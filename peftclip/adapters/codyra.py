@@ -1,6 +1,6 @@
 """CoDyRA: continual dynamic-rank LoRA with ℓ1-gated ranks (Artificer-AI-Lab/CoDyRA).
 
-Semantics: specs/methods.md §9. Each targeted Linear gets ``ΔW = B diag(g) A`` (rank 16,
+Semantics: docs/methods/codyra.md. Each targeted Linear gets ``ΔW = B diag(g) A`` (rank 16,
 scale 1, no dropout; A kaiming-uniform, B = 0, g ~ N(0, 1)). After a dense phase, a proximal
 soft-threshold step on ``g`` follows every optimizer step with a growing threshold κ, so ranks
 die (g = 0 exactly). At a task boundary the surviving ranks are merged into the frozen weight
@@ -133,7 +133,10 @@ def soft_threshold(g: torch.Tensor, kappa: float) -> torch.Tensor:
 
 
 def codyra_code_threshold(g: torch.Tensor, kappa: float) -> torch.Tensor:
-    """The anchor code's three in-place steps: every ``|g| < 2κ`` ends at 0 (quirk §13.4)."""
+    """The anchor code's three in-place steps: every ``|g| < 2κ`` ends at 0.
+
+    The ``prox_mode: codyra_code`` reproduction switch of docs/methods/codyra.md.
+    """
     g = g.clone()
     g[g > kappa] -= kappa
     g[g < -kappa] += kappa

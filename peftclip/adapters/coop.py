@@ -1,6 +1,6 @@
 """CoOp: learnable context vectors in front of the class name (Zhou et al., IJCV 2022).
 
-Semantics: specs/methods.md §3. Only the context ``ctx`` (M × text width) is trainable. The
+Semantics: docs/methods/coop.md. Only the context ``ctx`` (M × text width) is trainable. The
 class-dependent pieces (token embeddings of SOT and of the class name + "." + EOT, the EOT
 index) are rebuilt for whatever class set is evaluated, so a prompt trained on base classes
 evaluates on new ones; they are never saved.

@@ -1,11 +1,11 @@
 """IVLP (independent vision-language deep prompts) and VPT-deep (vision only).
 
-Semantics: specs/methods.md §6. Text: layer-0 context initialised as MaPLe's (first ``n_text``
-tokens of ``ctx_init``, the whole string kept in the prompt, the string used only for
-``n_text <= 4``: the official ``trainers/independentVL.py`` has MaPLe's rule) and one
-``N(0, 0.02²)`` prompt per further text block, replacing positions 1 … n. Vision: ``n_vision``
-tokens appended after the positional embedding, and one ``N(0, 0.02²)`` prompt per further
-vision block replacing the last n tokens. No coupling between the towers.
+Semantics: docs/methods/ivlp.md and docs/methods/vpt_deep.md. Text: layer-0 context initialised
+as MaPLe's (first ``n_text`` tokens of ``ctx_init``, the whole string kept in the prompt, the
+string used only for ``n_text <= 4``: the official ``trainers/independentVL.py`` has MaPLe's
+rule) and one ``N(0, 0.02²)`` prompt per further text block, replacing positions 1 … n.
+Vision: ``n_vision`` tokens appended after the positional embedding, and one ``N(0, 0.02²)``
+prompt per further vision block replacing the last n tokens. No coupling between the towers.
 """
 
 from __future__ import annotations

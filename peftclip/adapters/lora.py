@@ -1,8 +1,8 @@
-"""LoRA on CLIP's split projections, injected with peft (spec methods.md §8).
+"""LoRA on CLIP's split projections, injected with peft (docs/methods/lora.md).
 
 peft's own ``nn.MultiheadAttention`` LoRA path applies the out-projection delta twice, shares
-one rank across q/k/v and makes out-projection-only targeting a no-op (§13 quirk 3); after
-peftclip's attention split every target is a plain ``nn.Linear``, which is peft's exact,
+one rank across q/k/v and makes out-projection-only targeting a no-op (docs/methods/lora.md);
+after peftclip's attention split every target is a plain ``nn.Linear``, which is peft's exact,
 well-tested path. peft creates and owns the layers; this adapter picks the targets, keeps
 references to the trainable tensors (so checkpoints hold only them) and merges with peft.
 """

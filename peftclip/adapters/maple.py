@@ -1,6 +1,6 @@
 """MaPLe: coupled language and vision prompts in the first J layers (Khattak et al., CVPR 2023).
 
-Semantics: specs/methods.md §5. Trainable: the shallow text context ``ctx`` (n × text width),
+Semantics: docs/methods/maple.md. Trainable: the shallow text context ``ctx`` (n × text width),
 the layer-0 coupling ``F₀`` (text width → vision width), deep text prompts ``D_k`` and deep
 couplings ``F_k`` for k = 1 … J−1. Vision prompts are always computed from text prompts
 (one-way coupling), so gradients reach ``D_k`` from both towers. Widths come from the

@@ -2,9 +2,9 @@
 
 After the attention split (``peftclip.backbone.attention``) every transformer block of both
 towers has six plain Linear layers: ``attn.q``, ``attn.k``, ``attn.v``, ``attn.o``, ``mlp.c_fc``
-and ``mlp.c_proj`` (spec methods.md §1.6, §7–§9). A target is named by its tower, block index
-and layer kind; its short key (``text3_q``, ``vision11_c_fc``) names the adapter's tensors in
-checkpoints.
+and ``mlp.c_proj`` (docs/methods/clip_svd.md, docs/methods/lora.md, docs/methods/codyra.md). A
+target is named by its tower, block index and layer kind; its short key (``text3_q``,
+``vision11_c_fc``) names the adapter's tensors in checkpoints.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attention surgery: open_clip's fused ``nn.MultiheadAttention`` → four ``nn.Linear`` + SDPA.
 
 Every weight-space adapter (CLIP-SVD, LoRA, CoDyRA) targets plain ``nn.Linear`` layers, and
-peft's own MultiheadAttention LoRA path is wrong (spec methods.md §1.6), so each block's
+peft's own MultiheadAttention LoRA path is wrong (docs/methods/lora.md), so each block's
 attention is split once at load time. The split module keeps MultiheadAttention's call
 signature, so open_clip's ``ResidualAttentionBlock.forward`` runs unchanged around it.
 """

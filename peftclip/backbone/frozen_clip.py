@@ -8,7 +8,7 @@ compares them) and add the places where prompt learners plug in:
 * ``encode_image`` can append input prompt tokens after the positional embedding (they get no
   positional embedding) and replace the last ``n`` tokens at the input of any block.
 
-Semantics: specs/methods.md §1.3, §1.4, §1.6.
+Semantics: docs/methods/index.md#notation-and-the-shared-forward.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ class FrozenClip(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
-        """``exp(logit_scale)``: the frozen temperature used by every method (spec §1.1)."""
+        """``exp(logit_scale)``: the frozen temperature used by every method.
+
+        See docs/methods/index.md#notation-and-the-shared-forward.
+        """
         return self.model.logit_scale.exp()
 
     @property
@@ -164,7 +167,9 @@ class FrozenClip(nn.Module):
         pool_index: torch.Tensor,
         deep_prompts: DeepPrompts | None = None,
     ) -> torch.Tensor:
-        """Text features from token embeddings (spec §1.3).
+        """Text features from token embeddings.
+
+        See docs/methods/index.md#notation-and-the-shared-forward.
 
         Args:
             token_embeddings: ``(n, L, width)`` input embeddings, possibly with learnable rows.
@@ -208,7 +213,9 @@ class FrozenClip(nn.Module):
         input_prompts: torch.Tensor | None = None,
         deep_prompts: DeepPrompts | None = None,
     ) -> torch.Tensor:
-        """Image features (spec §1.4).
+        """Image features.
+
+        See docs/methods/index.md#notation-and-the-shared-forward.
 
         Args:
             images: ``(batch, 3, H, W)`` preprocessed images.
@@ -255,7 +262,9 @@ class FrozenClip(nn.Module):
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``exp(logit_scale) · normalize(img) @ normalize(txt)ᵀ`` (spec §1.5).
+        """``exp(logit_scale) · normalize(img) @ normalize(txt)ᵀ``.
+
+        The shared head of every method (docs/methods/index.md#notation-and-the-shared-forward).
 
         ``text_features`` may be ``(classes, d)`` or per-image ``(batch, classes, d)``;
         ``logit_scale`` replaces the checkpoint's temperature when given.

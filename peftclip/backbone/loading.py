@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import logging
 import os
@@ -16,7 +15,7 @@ import torch
 from open_clip.factory import load_state_dict as read_open_clip_state_dict
 
 from peftclip.backbone.frozen_clip import BackboneIdentity, FrozenClip
-from peftclip.backbone.models import model_config, registered_model
+from peftclip.backbone.models import model_config, registered_model, require_model_config
 from peftclip.errors import PeftClipError
 
 
@@ -50,14 +49,7 @@ def load_backbone(
 
     No network is touched when ``pretrained`` is ``None`` or a local file.
     """
-    config = model_config(model_name)
-    if config is None:
-        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
-        hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise PeftClipError(
-            f"unknown model name '{model_name}': open_clip has no config of that name.{hint} "
-            "See open_clip.list_models() for all names."
-        )
+    config = require_model_config(model_name)
     quick_gelu = bool(config.get("quick_gelu", False)) or force_quick_gelu
     checkpoint = _resolve_pretrained(model_name, pretrained, quick_gelu)
 

@@ -9,11 +9,14 @@ imports the packages that register models; lookups load what peftclip ships firs
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
+
+from peftclip.errors import PeftClipError
 
 #: ``tokenizer_factory(context_length)`` → a callable with open_clip's tokenizer interface.
 TokenizerFactory = Callable[[int], Callable]
@@ -87,6 +90,19 @@ def model_config(name: str) -> dict | None:
     """open_clip's config of ``name`` (peftclip's registrations included), or ``None``."""
     registered_model(name)
     return open_clip.get_model_config(name)
+
+
+def require_model_config(name: str) -> dict:
+    """:func:`model_config` of ``name``; an unknown name is an error with the close matches."""
+    config = model_config(name)
+    if config is None:
+        close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise PeftClipError(
+            f"unknown model name '{name}': open_clip has no config of that name.{hint} "
+            "`peftclip list models` lists every name."
+        )
+    return config
 
 
 def list_models() -> list[str]:

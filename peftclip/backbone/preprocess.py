@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
-from peftclip.backbone.models import model_config
-from peftclip.errors import PeftClipError
+from peftclip.backbone.models import require_model_config
 
 
 @dataclass(frozen=True)
@@ -30,13 +28,7 @@ def backbone_transforms(model_name: str, pretrained: str | None = None) -> Backb
     normalization and resize settings (a local weights file uses open_clip's defaults, as
     open_clip does). So a data module can build its transforms without the model.
     """
-    config = model_config(model_name)
-    if config is None:
-        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.5)
-        hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise PeftClipError(
-            f"unknown model name '{model_name}': open_clip has no such config.{hint}"
-        )
+    config = require_model_config(model_name)
     settings = asdict(PreprocessCfg())
     if pretrained and not Path(pretrained).expanduser().is_file():
         tag = open_clip.get_pretrained_cfg(model_name, pretrained)

@@ -37,7 +37,10 @@ def _checked_templates(templates: Sequence[str]) -> list[str]:
 
 
 def class_prompts(classnames: Sequence[str], template: str) -> list[str]:
-    """One prompt per class; underscores in class names become spaces (spec §1.2)."""
+    """One prompt per class; underscores in class names become spaces.
+
+    See docs/datasets.md#class-names.
+    """
     return [template.format(name.replace("_", " ")) for name in classnames]
 
 
@@ -83,7 +86,8 @@ def template_head(
 ) -> torch.Tensor:
     """Normalized class text features ``(classes, embed_dim)`` from a template ensemble.
 
-    Per class: mean of the L2-normalized features over templates, re-normalized (spec §2).
+    Per class: mean of the L2-normalized features over templates, re-normalized
+    (docs/methods/index.md#notation-and-the-shared-forward).
     Prompts are encoded ``chunk_size`` at a time so 1000 classes × 80 templates fit in memory.
     Differentiable: weight-space adapters on the text tower train through it.
     """

@@ -1,4 +1,7 @@
-"""``peftclip data check``: is a data root laid out as the readers expect? (specs/datasets.md §8)"""
+"""``peftclip data check``: is a data root laid out as the readers expect?
+
+See docs/datasets.md#peftclip-data-check.
+"""
 
 from __future__ import annotations
 

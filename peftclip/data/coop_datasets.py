@@ -1,9 +1,10 @@
 """Readers for the CoOp benchmark datasets in their standard on-disk layouts.
 
-Layouts, split sources and pitfalls: specs/datasets.md §1–§3 and §8.1. ``root`` is the data
-root ``<DATA>`` that holds one folder per dataset, as CoOp's DATASETS.md prepares it. Nothing is
-ever written into it, and a missing split file is an error (the anchors silently make a new
-random split, which makes numbers incomparable).
+Layouts, split sources and pitfalls: docs/datasets.md#on-disk-layouts and
+docs/datasets.md#peftclip-data-check. ``root`` is the data root ``<DATA>`` that holds one folder
+per dataset, as CoOp's DATASETS.md prepares it. Nothing is ever written into it, and a missing
+split file is an error (the anchors silently make a new random split, which makes numbers
+incomparable).
 
 Each dataset is one :class:`~peftclip.data.registry.DatasetDefinition` at the end of this
 module: its layout, CoOp's template for it and its published counts. A new dataset in the
@@ -26,7 +27,9 @@ from peftclip.data.registry import (
 )
 from peftclip.errors import DatasetMissing, PeftClipError
 
-_CHECK = "Run `peftclip data check --root <DATA>` after fixing it; see specs/datasets.md §1."
+_CHECK = (
+    "Run `peftclip data check --root <DATA>` after fixing it; see docs/datasets.md#on-disk-layouts."
+)
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,10 @@ def _require_files(samples: list[tuple[Path, int]], source: Path) -> None:
 
 
 def read_zhou_split(definition: DatasetDefinition, root: str | None = None) -> ClassificationData:
-    """A dataset split by its ``split_zhou_<Name>.json`` file, read as-is (spec §2.1).
+    """A dataset split by its ``split_zhou_<Name>.json`` file, read as-is.
 
-    Class names are those of the split file (CoOp's renaming rules are already applied there).
+    Class names are those of the split file (CoOp's renaming rules are already applied there);
+    see docs/datasets.md#split-files.
     """
     name, layout = definition.name, definition.layout
     directory = _dataset_dir(root, layout.directory, name)
@@ -101,7 +105,9 @@ def read_zhou_split(definition: DatasetDefinition, root: str | None = None) -> C
 def read_fgvc_aircraft(
     definition: DatasetDefinition, root: str | None = None
 ) -> ClassificationData:
-    """FGVC-Aircraft from its own ``variants.txt`` and ``images_variant_<split>.txt`` (§2.2).
+    """FGVC-Aircraft from its own ``variants.txt`` and ``images_variant_<split>.txt``.
+
+    See docs/datasets.md#split-files.
 
     Class names: the lines of ``variants.txt``, in order.
     """
@@ -196,7 +202,8 @@ def read_imagenetv2(definition: DatasetDefinition, root: str | None = None) -> C
     base = directory / layout.image_folders[0]
     if not base.is_dir():
         raise PeftClipError(f"'{base}' is missing. {_CHECK}")
-    # Numeric, not string, order: sorting "10" before "2" would mislabel 990 classes (§8.1).
+    # Numeric, not string, order: sorting "10" before "2" would mislabel 990 classes
+    # (docs/datasets.md#split-files).
     folders = sorted(class_folders(base), key=lambda folder: int(folder.name))
     samples = [(file, int(folder.name)) for folder in folders for file in image_files(folder)]
     classnames = [classname for _, classname in pairs]
@@ -223,7 +230,7 @@ def read_imagenet_sketch(
     return ClassificationData(name, classnames, test, list(definition.templates))
 
 
-#: Scoring modes of ImageNet-A/-R (specs/datasets.md §8.1).
+#: Scoring modes of ImageNet-A/-R (docs/protocols/domain-generalization.md).
 SUBSET_HEADS = ("200", "masked1000")
 
 

@@ -1,4 +1,6 @@
-"""Importing Dassl's ``split_fewshot/shot_<K>-seed_<s>.pkl`` as a peftclip manifest (spec §4.3).
+"""Importing Dassl's ``split_fewshot/shot_<K>-seed_<s>.pkl`` as a peftclip manifest.
+
+See docs/datasets.md#few-shot-samples.
 
 The only way to reproduce a given Dassl ImageNet few-shot sample (Dassl lists ImageNet folders
 unsorted, so its samples depend on the filesystem). The pickle is read with an unpickler that

@@ -1,5 +1,5 @@
-"""Few-shot sampling (Dassl's algorithm) and base/new class splits (specs/datasets.md §4.1,
-specs/protocols.md §4)."""
+"""Few-shot sampling (Dassl's algorithm) and base/new class splits
+(docs/datasets.md#few-shot-samples, docs/protocols/base-to-new.md)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ MANIFEST_FORMAT = "peftclip-fewshot/1"
 
 
 def manifest_path(cache_dir: Path, dataset: str, shots: int, seed: int, sampler: str = "dassl"):
-    """``<cache>/fewshot/<dataset>/shot_<K>-seed_<s>-<sampler>.json`` (spec §4.2)."""
+    """``<cache>/fewshot/<dataset>/shot_<K>-seed_<s>-<sampler>.json``.
+
+    See docs/datasets.md#few-shot-samples.
+    """
     return Path(cache_dir) / "fewshot" / dataset / f"shot_{shots}-seed_{seed}-{sampler}.json"
 
 
@@ -175,7 +178,7 @@ def base_new_labels(data: ClassificationData) -> tuple[list[int], list[int]]:
 def base_new_split(data: ClassificationData, half: str) -> ClassificationData:
     """The ``base`` or ``new`` half (:func:`base_new_labels`), relabelled from 0.
 
-    Applied to every split; class names are kept (spec protocols.md §4.3).
+    Applied to every split; class names are kept (docs/protocols/base-to-new.md).
     """
     if half not in ("base", "new"):
         raise PeftClipError(f"subsample must be 'all', 'base' or 'new', got '{half}'.")

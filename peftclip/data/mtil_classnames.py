@@ -1,4 +1,6 @@
-"""Class names of the MTIL benchmark that ZSCL writes out by hand (specs/datasets.md §7).
+"""Class names of the MTIL benchmark that ZSCL writes out by hand.
+
+See docs/datasets.md#mtil-datasets.
 
 Transcribed verbatim, in label order, from ZSCL ``mtil/src/datasets/collections.py``
 (``Caltech101.classnames``, ``EuroSAT.classnames``). Label ``i`` is the ``i``-th folder of

@@ -1,4 +1,6 @@
-"""CIFAR100 and MNIST, the extra MTIL datasets, from torchvision's on-disk formats (spec §7).
+"""CIFAR100 and MNIST, the extra MTIL datasets, from torchvision's on-disk formats.
+
+See docs/datasets.md#mtil-datasets.
 
 ``<DATA>/cifar-100-python/{train,test,meta}`` (python pickles of numpy arrays) and
 ``<DATA>/MNIST/raw/*-ubyte[.gz]`` (IDX files). Both are small enough to hold in memory.

@@ -1,4 +1,6 @@
-"""MTIL's random 80/20 splits (Caltech101, EuroSAT, SUN397) as manifests (specs/datasets.md §7).
+"""MTIL's random 80/20 splits (Caltech101, EuroSAT, SUN397) as manifests.
+
+See docs/datasets.md#mtil-datasets.
 
 ZSCL reads these three datasets whole through torchvision and splits them with
 ``ClassificationDataset.split_dataset`` (ZSCL ``mtil/src/datasets/collections.py``)::
@@ -75,7 +77,8 @@ class MtilSplitLayout:
 
     Attributes:
         image_folders: Candidate image folders under the root, torchvision's layout first, then
-            CoOp's (specs/datasets.md §1); manifest references are relative to the one found.
+            CoOp's (docs/datasets.md#on-disk-layouts); manifest references are relative to the
+            one found.
         list_images: ``folder → (classnames, [(ref, label), …])`` in torchvision's order.
         source_order: How the listing is ordered (recorded in the manifest).
     """

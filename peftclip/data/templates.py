@@ -28,14 +28,14 @@ IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
 )
 
 #: The 80 OpenAI ImageNet templates, identical in content and order to CoOp's
-#: ``IMAGENET_TEMPLATES`` (spec §6.3); taken from open_clip.
+#: ``IMAGENET_TEMPLATES`` (docs/datasets.md#templates); taken from open_clip.
 IMAGENET_80_TEMPLATES: tuple[str, ...] = tuple(fn("{}") for fn in OPENAI_IMAGENET_TEMPLATES)
 
-#: ZSCL's per-dataset ensembles of the MTIL benchmark (spec §6.4), transcribed in order from
-#: ZSCL ``mtil/src/datasets/collections.py`` (the ``templates`` of each dataset class) and
-#: ``cifar10.py`` (``cifar10_template``, which ZSCL's ``CIFAR100`` uses). ZSCL trains with the
-#: first template and evaluates with the mean of all of them. Keys are ZSCL's dataset classes in
-#: snake case (``OxfordPet`` → ``oxford_pet``).
+#: ZSCL's per-dataset ensembles of the MTIL benchmark (docs/datasets.md#templates), transcribed
+#: in order from ZSCL ``mtil/src/datasets/collections.py`` (the ``templates`` of each dataset
+#: class) and ``cifar10.py`` (``cifar10_template``, which ZSCL's ``CIFAR100`` uses). ZSCL trains
+#: with the first template and evaluates with the mean of all of them. Keys are ZSCL's dataset
+#: classes in snake case (``OxfordPet`` → ``oxford_pet``).
 MTIL_TEMPLATES: dict[str, tuple[str, ...]] = {
     "aircraft": (
         "a photo of a {}, a type of aircraft.",

@@ -1,4 +1,4 @@
-"""The image transforms of specs/datasets.md §5, by name (recipes pick them per protocol)."""
+"""The image transforms of docs/datasets.md#transforms, by name (recipes pick them per protocol)."""
 
 from __future__ import annotations
 

@@ -37,11 +37,11 @@ class PeftClipDataModule(L.LightningDataModule):
             for a read-only data root).
         sampler: ``dassl`` (draw, or reuse the drawn manifest) or ``dassl-pkl`` (a manifest
             imported from Dassl's pkl with ``peftclip data import-pkl``).
-        subsample: ``all`` classes, or the ``base`` / ``new`` half (protocols.md §4), taken
-            after few-shot sampling.
+        subsample: ``all`` classes, or the ``base`` / ``new`` half
+            (docs/protocols/base-to-new.md), taken after few-shot sampling.
         train_transform: ``backbone`` (open_clip's training transform of the model), ``eval``
             (the evaluation transform: no augmentation), or a named transform of
-            specs/datasets.md §5 (``dassl_train``, ``zscl_train``, ``openclip_train``).
+            docs/datasets.md#transforms (``dassl_train``, ``zscl_train``, ``openclip_train``).
         eval_transform: ``backbone`` or ``dassl_test`` / ``zscl_test``.
         eval_datasets: Further datasets (same root) whose test splits ``test`` evaluates too,
             each with a head of its own classes: ImageNet → variants (domain generalization),

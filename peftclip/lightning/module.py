@@ -107,8 +107,8 @@ class PeftClipModule(L.LightningModule):
         frozen_backbone: FrozenClip | None = None,
     ) -> None:
         super().__init__()
-        # The frozen CLIP stays in eval mode on purpose (methods.md §1.1); Lightning warns about
-        # any module in eval mode at the start of fit.
+        # The frozen CLIP stays in eval mode on purpose (docs/methods/index.md); Lightning warns
+        # about any module in eval mode at the start of fit.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         # A method fitted from data has no optimizer on purpose (zero optimizer steps).
         warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` return")

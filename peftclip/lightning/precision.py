@@ -8,7 +8,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 class UnscaledMixedPrecision(MixedPrecision):
     """fp16 autocast **without** a gradient scaler, as CLIP-SVD's reference code trains
-    (specs/methods.md §7, quirk §13.2; the `faithful` switch ``grad_scaler: false``).
+    (a reproduction switch of docs/methods/clip_svd.md).
 
     Use it instead of ``precision: 16-mixed``::
 

@@ -1,4 +1,4 @@
-"""Base-to-new generalization (specs/protocols.md §4) for one dataset and one seed.
+"""Base-to-new generalization (docs/protocols/base-to-new.md) for one dataset and one seed.
 
 Trains on the base half of the classes (few-shot sample first, then the class split) and
 evaluates the same weights on the base test images (base head) and on the new test images (a
