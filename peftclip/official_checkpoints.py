@@ -527,8 +527,12 @@ def export_official(
 def save_official(module: PeftClipModule, ckpt_path: str | Path, output: str | Path) -> Path:
     """Writes ``module``'s adapter, loaded from ``ckpt_path``, as the official code saves it."""
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
-    # Dassl counts finished epochs; Lightning records the index of the epoch it saved in.
-    official = official_checkpoint(module, epoch=int(saved.get("epoch", -1)) + 1)
+    imported = saved.get("peftclip", {}).get("imported_from") or {}
+    if imported.get("epoch") is not None:  # an imported file keeps the official epoch
+        epoch = int(imported["epoch"])
+    else:  # Dassl counts finished epochs; Lightning records the index of the epoch it saved in
+        epoch = int(saved.get("epoch", -1)) + 1
+    official = official_checkpoint(module, epoch=epoch)
     with atomic_path(output) as partial:
         torch.save(official, partial)
     return Path(output)
@@ -572,6 +576,7 @@ def import_checkpoint_command(args: list[str]) -> int:
     checkpoint = imported_checkpoint(cli.model, cli.config.source, cli.config.trust_pickle)
     with atomic_path(cli.config.output) as partial:
         torch.save(checkpoint, partial)
-    print(f"wrote {cli.config.output}; evaluate it with peftclip test --config RECIPE.yaml "
-          f"--ckpt_path {cli.config.output}")  # fmt: skip
+    recipes = " ".join(f"--config {path}" for path in cli.config.get("config") or [])
+    print(f"wrote {cli.config.output}; evaluate it with peftclip test "
+          f"{recipes or '--config RECIPE.yaml'} --ckpt_path {cli.config.output}")  # fmt: skip
     return 0

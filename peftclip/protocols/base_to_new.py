@@ -83,6 +83,7 @@ def run_base_to_new(
         backbone=module.backbone_spec,
         templates=module.user_templates,
         precision_profile=module.precision_profile,  # zero-shot CLIP in the same weight layout
+        logit_scale=module.classifier.fixed_logit_scale,
         frozen_backbone=module.backbone,
     )
     zero_shot_base = _evaluate(evaluator, zero_shot, base)
