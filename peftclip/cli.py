@@ -348,10 +348,16 @@ def _run(argv: list[str]) -> int:
 
 
 class _DropLightningTips(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" log records."""
+    """Drops Lightning's "💡 Tip: ... try installing litlogger / litmodels" log records, and its
+    "Loading `train_dataloader` to estimate number of stepping batches" (peftclip asks for the
+    run length to set schedules; the loader is the one the fit then uses)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip:")
+        message = record.getMessage()
+        return not (
+            message.startswith("💡 Tip:")
+            or message.startswith("Loading `train_dataloader` to estimate number of stepping")
+        )
 
 
 def quiet_third_party_messages() -> None:

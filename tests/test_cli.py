@@ -341,6 +341,7 @@ def test_third_party_noise_is_filtered_and_other_warnings_stay():
     logger.addHandler(handler)
     try:
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](...)")
+        rank_zero_info("Loading `train_dataloader` to estimate number of stepping batches.")
         rank_zero_info("GPU available: False, used: False")
     finally:
         logger.removeHandler(handler)
