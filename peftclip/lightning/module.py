@@ -438,10 +438,18 @@ class PeftClipModule(L.LightningModule):
                 f"unexpected {unexpected[:5]}. Use the same adapters (and settings) as at training."
             )
         adapter_state = {key: value for key, value in state_dict.items() if key in expected}
-        for key, value in adapter_state.items():
-            if value.shape != expected[key].shape:
-                raise PeftClipError(self._shape_mismatch(key, value.shape, expected[key].shape))
-        return super().load_state_dict(adapter_state, strict=False, assign=assign)
+        try:
+            return super().load_state_dict(adapter_state, strict=False, assign=assign)
+        except RuntimeError:
+            # torch's "size mismatch" comes after each adapter took the shapes it can (fitted
+            # tensors, pruned ranks); what still differs is the recipe's setting, not the file's.
+            current = self.adapter_state_dict()
+            differing = [k for k, v in adapter_state.items() if v.shape != current[k].shape]
+            if not differing:
+                raise
+            key = differing[0]
+            found, wanted = adapter_state[key].shape, current[key].shape
+            raise PeftClipError(self._shape_mismatch(key, found, wanted)) from None
 
     def _shape_mismatch(self, key: str, found: torch.Size, expected: torch.Size) -> str:
         """The error for an adapter tensor of another shape: adapter, tensor, setting."""
