@@ -56,7 +56,9 @@ def load_without_code(path: str | Path) -> object:
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
         reason = detail[1].strip() if detail else _first_line(error)
         raise not_a_checkpoint(path, f"truncated or not a torch file: {reason}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:  # torch's zip reader, pickle
+    except OSError:  # torch's zip reader on a cut file: an errno that says nothing more
+        raise not_a_checkpoint(path, "truncated or not a torch file") from None
+    except (RuntimeError, EOFError, ValueError) as error:  # torch's zip reader, pickle
         raise not_a_checkpoint(
             path, f"truncated or not a torch file: {_first_line(error)}"
         ) from None
