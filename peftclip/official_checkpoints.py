@@ -40,6 +40,7 @@ import torch
 
 from peftclip.adapters import Adapter, ClipSVD, CoCoOp, CoOp, MaPLe
 from peftclip.atomic_files import atomic_path
+from peftclip.checkpoint_files import missing_file, read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import LightningArgumentParser, PeftClipCLI
 from peftclip.lightning.module import PeftClipModule
@@ -176,14 +177,19 @@ _LINKS: dict[type[Adapter], Callable[..., list[_Link]]] = {
 }
 
 
-def _links(adapter: Adapter) -> list[_Link]:
+def _table(adapter: Adapter) -> list[_Link]:
+    """``adapter``'s official names and settings per tensor; empty for other adapters."""
     build = _LINKS.get(type(adapter))
-    if build is None:
+    return build(adapter) if build is not None else []
+
+
+def _links(adapter: Adapter) -> list[_Link]:
+    if type(adapter) not in _LINKS:
         raise PeftClipError(
             f"adapter '{adapter.name}' has no official checkpoint format; official checkpoints "
             f"exist for {', '.join(cls.name for cls in _LINKS)}."
         )
-    links = build(adapter)
+    links = _table(adapter)
     uncovered = set(adapter.state_dict()) - {link.adapter for link in links}
     if uncovered:  # a new adapter tensor without an official name would be silently lost
         raise PeftClipError(
@@ -195,6 +201,8 @@ def _links(adapter: Adapter) -> list[_Link]:
 
 # ------------------------------------------------------------------------------------ reading
 def _load(path: Path, trust_pickle: bool) -> object:
+    # The one place peftclip unpickles in full, and only on the user's explicit --trust_pickle
+    # (Dassl files hold the scheduler object); everything else goes through checkpoint_files.
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as error:
@@ -238,7 +246,7 @@ def read_official(source: str | Path, trust_pickle: bool = False) -> OfficialChe
             "OUTPUT/MultiModalPromptLearner/model.pth.tar-N for MaPLe)."
         )
     if not path.is_file():
-        raise PeftClipError(f"official checkpoint {path} does not exist.")
+        raise missing_file(path, "official checkpoint")
     content = _load(path, trust_pickle)
     if not isinstance(content, dict):
         raise _unknown(path, [type(content).__name__])
@@ -288,8 +296,27 @@ def _shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def _shape_error(adapter: Adapter, link: _Link, found: torch.Size, expected: tuple) -> str:
-    dims = ("1", *link.dims) if link.row_vector else link.dims
+def shape_mismatch(
+    adapter: Adapter, file_tensor: str, found: Sequence[int], tensor: str, expected: Sequence[int]
+) -> str:
+    """The error for a tensor of a file whose shape differs from the recipe's adapter tensor.
+
+    Names the adapter, both tensors and shapes, and per differing dimension the setting that
+    decides it (from the adapter's table of official names; "a setting" for other adapters).
+
+    Args:
+        adapter: The recipe's adapter.
+        file_tensor: How to name the file's tensor, e.g. "official tensor 'ctx'".
+        found: The file's shape.
+        tensor: The adapter's own name of the tensor (its state-dict key).
+        expected: The shape the file's tensor must have (the official layout for an official
+            file, the adapter's own otherwise).
+    """
+    found, expected = tuple(found), tuple(expected)
+    link = next((link for link in _table(adapter) if link.adapter == tensor), None)
+    dims = link.dims if link is not None else ("a setting of the adapter",) * len(expected)
+    if link is not None and link.row_vector and len(expected) == len(link.dims) + 1:
+        dims = ("1", *dims)  # the official layout of a singular-value vector
     if len(found) != len(expected):
         differs = (
             f"the file's tensor has {len(found)} dimensions, the recipe's {len(expected)} "
@@ -302,9 +329,9 @@ def _shape_error(adapter: Adapter, link: _Link, found: torch.Size, expected: tup
             if found[i] != expected[i]
         )
     return (
-        f"{adapter.name}: official tensor '{link.official}' has shape {_shape(found)}, but the "
-        f"recipe's adapter tensor '{link.adapter}' is {_shape(expected)}: {differs}. Set the "
-        "recipe's adapter (and backbone) as the official run had them."
+        f"{adapter.name}: {file_tensor} has shape {_shape(found)}, but the recipe's adapter "
+        f"tensor '{tensor}' is {_shape(expected)}: {differs}. Set the recipe's adapter (and "
+        "backbone) as the run that wrote the file had them."
     )
 
 
@@ -367,7 +394,15 @@ def official_to_adapter_state(
         tensor, target = official.tensors[link.official], own[link.adapter]
         wanted = link.official_shape(target.shape)
         if tuple(tensor.shape) != wanted:
-            raise PeftClipError(_shape_error(adapter, link, tensor.shape, wanted))
+            raise PeftClipError(
+                shape_mismatch(
+                    adapter,
+                    f"official tensor '{link.official}'",
+                    tensor.shape,
+                    link.adapter,
+                    wanted,
+                )
+            )
         state[link.adapter] = tensor.detach().reshape(target.shape).to(target.dtype).clone()
     return state
 
@@ -526,7 +561,7 @@ def export_official(
 
 def save_official(module: PeftClipModule, ckpt_path: str | Path, output: str | Path) -> Path:
     """Writes ``module``'s adapter, loaded from ``ckpt_path``, as the official code saves it."""
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file
+    saved = read_checkpoint(ckpt_path)
     imported = saved.get("peftclip", {}).get("imported_from") or {}
     if imported.get("epoch") is not None:  # an imported file keeps the official epoch
         epoch = int(imported["epoch"])

@@ -7,14 +7,19 @@ from typing import Any
 
 from jsonargparse import get_loader, set_loader
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from peftclip.adapters import adapter_class_path, list_adapters
+from peftclip.checkpoint_files import read_checkpoint
+from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
 
 PARSER_MODE = "peftclip"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: ``--ckpt_path`` values the trainer resolves to a file itself.
+LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
 
 
 def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
@@ -92,6 +97,42 @@ class PeftClipCLI(LightningCLI):
             seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuses a ``--ckpt_path`` that is absent, unsafe or not a peftclip checkpoint.
+
+        LightningCLI reads the file here first (for its hyperparameters), before the trainer
+        reads it again; both only after it passed :func:`read_checkpoint`, so each refusal is
+        one line and nothing in the file ever runs. Lightning's own names (``last``, ``best``,
+        ``hpc``) are resolved by the trainer; see :meth:`_require_last_checkpoint`.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and ckpt_path not in LIGHTNING_CHECKPOINT_NAMES:
+            read_checkpoint(ckpt_path)
+        super()._parse_ckpt_path()
+
+    def _require_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` with nothing to resume is an error, not a fresh start.
+
+        Lightning only warns and trains from scratch, which hides a wrong
+        ``trainer.default_root_dir`` behind hours of repeated work.
+        """
+        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+            return
+        callbacks = [
+            cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+        ]
+        # What the trainer's own resolution of "last" looks for (last*.ckpt in each folder).
+        if not any(callback._find_last_checkpoints(self.trainer) for callback in callbacks):
+            raise PeftClipError(
+                f"--ckpt_path last: there is no checkpoint to resume under "
+                f"{self.trainer.default_root_dir} (no last*.ckpt: a ModelCheckpoint with "
+                "save_last: true writes one); give a checkpoint file, or leave --ckpt_path out to "
+                "start from scratch."
+            )
+
+    before_fit = before_validate = before_test = _require_last_checkpoint
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's core arguments, with two changes: ``model.frozen_backbone`` (a loaded

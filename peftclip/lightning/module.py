@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -18,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from peftclip.adapters import Adapter, StepContext, TrainingFeatures
 from peftclip.adapters.base import implements
 from peftclip.backbone import BackboneSpec, FrozenClip, TextFeatureCache, load_backbone
+from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
 from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
@@ -413,12 +413,7 @@ class PeftClipModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("peftclip", {}).get("backbone")
-        if saved is None:
-            raise PeftClipError(
-                "this checkpoint was not written by peftclip (no 'peftclip' section); expected an "
-                "adapter checkpoint from `peftclip fit`."
-            )
+        saved = check_peftclip_section(checkpoint)["peftclip"]["backbone"]
         current = self.backbone.identity.to_dict()
         if (
             saved["model_name"] != current["model_name"]
@@ -443,13 +438,36 @@ class PeftClipModule(L.LightningModule):
                 f"unexpected {unexpected[:5]}. Use the same adapters (and settings) as at training."
             )
         adapter_state = {key: value for key, value in state_dict.items() if key in expected}
-        return super().load_state_dict(adapter_state, strict=False, assign=assign)
+        try:
+            return super().load_state_dict(adapter_state, strict=False, assign=assign)
+        except RuntimeError:
+            # torch's "size mismatch" comes after each adapter took the shapes it can (fitted
+            # tensors, pruned ranks); what still differs is the recipe's setting, not the file's.
+            current = self.adapter_state_dict()
+            differing = [k for k, v in adapter_state.items() if v.shape != current[k].shape]
+            if not differing:
+                raise
+            key = differing[0]
+            found, wanted = adapter_state[key].shape, current[key].shape
+            raise PeftClipError(self._shape_mismatch(key, found, wanted)) from None
+
+    def _shape_mismatch(self, key: str, found: torch.Size, expected: torch.Size) -> str:
+        """The error for an adapter tensor of another shape: adapter, tensor, setting."""
+        # official_checkpoints imports this module; it owns the table of which setting decides
+        # each dimension of an adapter tensor.
+        from peftclip.official_checkpoints import shape_mismatch
+
+        index, _, tensor = key.removeprefix("classifier.adapters.").partition(".")
+        adapter = self.adapters[int(index)]
+        return shape_mismatch(adapter, f"checkpoint tensor '{tensor}'", found, tensor, expected)
 
     def load_adapter_checkpoint(self, path: str) -> None:
-        """Loads the adapters of a ``peftclip fit`` checkpoint (backbone identity checked)."""
-        if not Path(path).is_file():
-            raise PeftClipError(f"checkpoint {path} does not exist.")
-        # Lightning checkpoints hold plain containers besides tensors; they are our own files.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        """Loads the adapters of a ``peftclip fit`` checkpoint (backbone identity checked).
+
+        Raises:
+            PeftClipError: The file is absent, not a peftclip checkpoint, would run code when
+                unpickled, or holds other adapters or shapes than this recipe's.
+        """
+        checkpoint = read_checkpoint(path)
         self.on_load_checkpoint(checkpoint)
         self.load_state_dict(checkpoint["state_dict"])

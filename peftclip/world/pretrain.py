@@ -149,7 +149,7 @@ def pretrain(
     optimizer = _optimizer(model, config)
     start, losses, started = 0, [], time.time()
     if resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
+        state = torch.load(resume_path, map_location=device, weights_only=True)
         if state["config"] != asdict(config):
             raise ValueError(
                 f"{resume_path} belongs to another configuration; delete it to restart"
