@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import typing
 from typing import Any
 
@@ -9,7 +10,7 @@ from jsonargparse import get_loader, set_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from peftclip.adapters import adapter_class_path, list_adapters
+from peftclip.adapters import Adapter, adapter_class_path, get_adapter_class, list_adapters
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
 
@@ -22,14 +23,25 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
 
     Accepts ``adapters: [coop]``, ``adapters: [{class_path: coop, init_args: {...}}]`` and, on
     the command line, ``--model.adapters+=coop``.
+
+    Raises:
+        PeftClipError: An entry of ``adapters`` (or a ``class_path``) is a bare word that names
+            no adapter, with the closest registered names.
     """
     names = set(list_adapters())
     if isinstance(value, dict):
         resolved = {k: resolve_adapter_names(v, k) for k, v in value.items()}
-        if isinstance(resolved.get("class_path"), str) and resolved["class_path"] in names:
-            resolved["class_path"] = adapter_class_path(resolved["class_path"])
+        class_path = resolved.get("class_path")
+        if isinstance(class_path, str):
+            check_adapter_name(class_path)
+            if class_path in names:
+                resolved["class_path"] = adapter_class_path(class_path)
         return resolved
     if isinstance(value, list):
+        if key == "adapters":
+            for item in value:
+                if isinstance(item, str):
+                    check_adapter_name(item)
         return [
             {"class_path": adapter_class_path(item)}
             if key == "adapters" and isinstance(item, str) and item in names
@@ -39,6 +51,35 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
     if key is None and isinstance(value, str) and value in names:
         return {"class_path": adapter_class_path(value)}
     return value
+
+
+def check_adapter_name(name: str) -> None:
+    """Refuses a bare word that is neither a registered adapter nor an adapter class's name.
+
+    An import path (``my_package.MyAdapter``) is left to jsonargparse, which imports it; a typo
+    like ``cop`` would otherwise be answered with "Expected a dot import path string".
+
+    Raises:
+        PeftClipError: From the adapter registry, with the closest registered names.
+    """
+    if "." in name or name in list_adapters():
+        return
+    subclasses, pending = set(), [Adapter]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            subclasses.add(subclass.__name__)
+            pending.append(subclass)
+    if name not in subclasses:
+        get_adapter_class(name)  # raises the registry's "unknown adapter" error
+
+
+def _check_adapter_arguments(args: list[str]) -> None:
+    """Checks the command line's ``--model.adapters+=NAME`` / ``--model.adapters+ NAME``."""
+    for position, arg in enumerate(args):
+        if arg.startswith("--model.adapters+="):
+            check_adapter_name(arg.partition("=")[2])
+        elif arg == "--model.adapters+" and position + 1 < len(args):
+            check_adapter_name(args[position + 1])
 
 
 def _load(text: str) -> Any:
@@ -74,6 +115,8 @@ class PeftClipCLI(LightningCLI):
         self, args=None, run: bool = True, prog: str = "peftclip", description=None, **kwargs
     ) -> None:
         _int_before_float()
+        if isinstance(args, list | None):
+            _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
         # The usage line names the command a user typed, also under `python -m peftclip`.
         parser_kwargs = {"parser_mode": PARSER_MODE, "prog": prog}

@@ -1,0 +1,66 @@
+"""A wrong argument is answered with one line ``peftclip: error: ...`` and exit status 2."""
+
+from pathlib import Path
+
+import pytest
+
+from peftclip.cli import main
+
+# Imported first so that Lightning's log handlers bind the real stderr, not a test's capture.
+from peftclip.lightning.cli import PeftClipCLI  # noqa: F401
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "zeroshot" / "tiny_random.yaml"
+
+
+def _one_error_line(capsys, argv: list[str]) -> str:
+    """Runs ``peftclip ARGV``; asserts exit 2 and a single error line, and returns it."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("peftclip: error:")]
+    assert code == 2, err
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    assert "usage:" not in err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "allowed"),
+    [
+        ("shots", "-3", ">= 1"),
+        ("shots", "0", ">= 1"),
+        ("batch_size", "0", ">= 1"),
+        ("eval_batch_size", "0", ">= 1"),
+        ("num_workers", "-1", ">= 0"),
+    ],
+)
+def test_a_count_out_of_range_names_the_option_the_value_and_the_range(
+    capsys, option, value, allowed
+):
+    line = _one_error_line(capsys, ["test", "--config", str(RECIPE), f"--data.{option}", value])
+    assert f"data.{option} must be an integer {allowed}" in line
+    assert line.endswith(f"got {value}.")
+
+
+@pytest.mark.parametrize("spelling", ["inline", "separate", "recipe"])
+def test_an_adapter_typo_names_the_closest_adapter(capsys, tmp_path, spelling):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("model:\n  adapters: [cop]\n")
+    extra = {
+        "inline": ["--model.adapters+=cop"],
+        "separate": ["--model.adapters+", "cop"],
+        "recipe": ["--config", str(recipe)],
+    }[spelling]
+    line = _one_error_line(capsys, ["test", "--config", str(RECIPE), *extra])
+    assert line.startswith("peftclip: error: unknown adapter 'cop'. Did you mean coop")
+    assert "Registered adapters: clip_svd, cocoop" in line
+
+
+def test_adapter_class_names_and_import_paths_still_parse(capsys):
+    for spelling in ("CoOp", "peftclip.adapters.coop.CoOp", "coop"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(
+                ["test", "--config", str(RECIPE), f"--model.adapters+={spelling}", "--print_config"]
+            )
+        assert exit_info.value.code == 0
+        assert "class_path: peftclip.adapters" in capsys.readouterr().out
