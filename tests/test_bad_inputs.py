@@ -64,3 +64,65 @@ def test_adapter_class_names_and_import_paths_still_parse(capsys):
             )
         assert exit_info.value.code == 0
         assert "class_path: peftclip.adapters" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("spelling", ["--data.datset", "--data.datset=", "recipe"])
+def test_a_misspelt_key_is_one_line_with_the_closest_key(capsys, tmp_path, spelling):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("data:\n  datset: world_colors\n")
+    extra = {
+        "--data.datset": ["--data.datset", "world_colors"],
+        "--data.datset=": ["--data.datset=world_colors"],
+        "recipe": ["--config", str(recipe)],
+    }[spelling]
+    line = _one_error_line(capsys, ["test", "--config", str(RECIPE), *extra])
+    assert line == (
+        "peftclip: error: unknown option 'data.datset'; did you mean 'data.dataset'? "
+        "`peftclip test --help` lists every option."
+    )
+
+
+def test_a_misspelt_key_of_a_recipe_command_names_that_command(capsys):
+    line = _one_error_line(capsys, ["base2new", "--config", str(RECIPE), "--data.sehd", "2"])
+    assert (
+        "unknown option 'data.sehd'; did you mean 'data.seed'? `peftclip base2new --help`" in line
+    )
+
+
+def test_other_parse_errors_keep_jsonargparse_report(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(RECIPE), "--data.shots", "many"])
+    assert exit_info.value.code == 2
+    assert 'Parser key "data.shots"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "typo", "expected"),
+    [
+        ("--model.templates", "imagenet8", "unknown template set 'imagenet8'; did you mean "),
+        (
+            "--model.templates",
+            "coop:dt",
+            "unknown template set 'coop:dt'; did you mean 'coop:dtd'?",
+        ),
+        (
+            "--data.dataset",
+            "world_colrs",
+            "unknown dataset 'world_colrs'. Did you mean world_colors",
+        ),
+        (
+            "--model.backbone.model_name",
+            "peftclip-tiny-vt",
+            "unknown model name 'peftclip-tiny-vt': open_clip has no config of that name. "
+            "Close matches: peftclip-tiny-vit",
+        ),
+    ],
+)
+def test_a_misspelt_name_suggests_the_closest_one(capsys, option, typo, expected):
+    line = _one_error_line(capsys, ["test", "--config", str(RECIPE), option, typo])
+    assert line.startswith(f"peftclip: error: {expected}")
+
+
+def test_a_template_without_a_placeholder_is_still_refused_as_a_template(capsys):
+    line = _one_error_line(capsys, ["test", "--config", str(RECIPE), "--model.templates", "xyz"])
+    assert "template 'xyz' must contain exactly one '{}' placeholder" in line

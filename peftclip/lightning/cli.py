@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
 import typing
+from argparse import ArgumentError
 from typing import Any
 
-from jsonargparse import get_loader, set_loader
+from jsonargparse import ArgumentParser, get_loader, set_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from peftclip.adapters import Adapter, adapter_class_path, get_adapter_class, list_adapters
+from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
 
@@ -108,6 +112,37 @@ def _int_before_float() -> None:
                 annotations[name] = wanted
 
 
+def _unknown_key(message: str) -> str | None:
+    """The key of jsonargparse's "unrecognized arguments" / "does not accept option" error."""
+    command_line = re.match(r"unrecognized arguments: --([^\s=]+)", message)
+    recipe = re.search(r"does not accept option '([^']+)'", message)
+    match = command_line or recipe
+    return match.group(1) if match else None
+
+
+def _subcommand_parser(parser: ArgumentParser, args: list[str]) -> ArgumentParser:
+    """The parser of the subcommand named in ``args`` (``parser`` itself if it has none)."""
+    subcommands = parser._subcommands_action
+    if subcommands is None:
+        return parser
+    name = next((arg for arg in args if arg in subcommands._name_parser_map), None)
+    return subcommands._name_parser_map.get(name, parser)
+
+
+def _unknown_key_message(parser: ArgumentParser, key: str) -> str:
+    """ "unknown option ...; did you mean ...?" with the closest key ``parser`` knows."""
+    keys = {
+        option[2:]
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    prog = parser.prog.replace(" [options]", "")
+    return f"unknown option '{key}'; {hint}`{prog} --help` lists every option."
+
+
 class PeftClipCLI(LightningCLI):
     """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
 
@@ -119,10 +154,12 @@ class PeftClipCLI(LightningCLI):
             _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
         # The usage line names the command a user typed, also under `python -m peftclip`.
-        parser_kwargs = {"parser_mode": PARSER_MODE, "prog": prog}
+        # exit_on_error=False: parse_arguments answers a misspelt key with one line.
+        own = {"parser_mode": PARSER_MODE, "exit_on_error": False}
+        parser_kwargs = {**own, "prog": prog}
         if description is not None:
             parser_kwargs["description"] = description
-        parser_kwargs.update({name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS})
+        parser_kwargs.update({name: own for name in SUBCOMMANDS})
         super().__init__(
             PeftClipModule,
             PeftClipDataModule,
@@ -135,6 +172,24 @@ class PeftClipCLI(LightningCLI):
             seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """LightningCLI's parsing; a key no parser knows (``--data.datset``, ``datset:`` in a
+        recipe) is one line naming the closest valid key instead of the usage text.
+
+        Raises:
+            PeftClipError: An unknown key.
+        """
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            words = sys.argv[1:] if args is None else args
+            command = _subcommand_parser(parser, [w for w in words if isinstance(w, str)])
+            key = _unknown_key(str(error))
+            if key is None:  # any other error: jsonargparse's own report (usage, exit 2)
+                command.exit_on_error = True
+                command.error(str(error), error)
+            raise PeftClipError(_unknown_key_message(command, key)) from None
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's core arguments, with two changes: ``model.frozen_backbone`` (a loaded
