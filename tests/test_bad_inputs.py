@@ -42,14 +42,17 @@ def test_a_count_out_of_range_names_the_option_the_value_and_the_range(
     assert line.endswith(f"got {value}.")
 
 
-@pytest.mark.parametrize("spelling", ["inline", "separate", "recipe"])
+@pytest.mark.parametrize("spelling", ["inline", "separate", "recipe", "class_path"])
 def test_an_adapter_typo_names_the_closest_adapter(capsys, tmp_path, spelling):
     recipe = tmp_path / "typo.yaml"
     recipe.write_text("model:\n  adapters: [cop]\n")
+    class_path = tmp_path / "class_path.yaml"
+    class_path.write_text("model:\n  adapters:\n  - class_path: cop\n    init_args: {n_ctx: 4}\n")
     extra = {
         "inline": ["--model.adapters+=cop"],
         "separate": ["--model.adapters+", "cop"],
         "recipe": ["--config", str(recipe)],
+        "class_path": ["--config", str(class_path)],
     }[spelling]
     line = _one_error_line(capsys, ["test", "--config", str(RECIPE), *extra])
     assert line.startswith("peftclip: error: unknown adapter 'cop'. Did you mean coop")
@@ -64,6 +67,15 @@ def test_adapter_class_names_and_import_paths_still_parse(capsys):
             )
         assert exit_info.value.code == 0
         assert "class_path: peftclip.adapters" in capsys.readouterr().out
+
+
+def test_short_class_paths_outside_adapters_are_not_checked_as_adapters(capsys, tmp_path):
+    recipe = tmp_path / "optimizer.yaml"
+    recipe.write_text("model:\n  optimizer:\n    class_path: SGD\n    init_args: {lr: 0.5}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(RECIPE), "--config", str(recipe), "--print_config"])
+    assert exit_info.value.code == 0
+    assert "class_path: torch.optim.SGD" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("spelling", ["--data.datset", "--data.datset=", "recipe"])

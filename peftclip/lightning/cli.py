@@ -35,17 +35,15 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
     names = set(list_adapters())
     if isinstance(value, dict):
         resolved = {k: resolve_adapter_names(v, k) for k, v in value.items()}
-        class_path = resolved.get("class_path")
-        if isinstance(class_path, str):
-            check_adapter_name(class_path)
-            if class_path in names:
-                resolved["class_path"] = adapter_class_path(class_path)
+        if isinstance(resolved.get("class_path"), str) and resolved["class_path"] in names:
+            resolved["class_path"] = adapter_class_path(resolved["class_path"])
         return resolved
     if isinstance(value, list):
-        if key == "adapters":
+        if key == "adapters":  # other class_path entries (optimizer, callbacks) are not adapters
             for item in value:
-                if isinstance(item, str):
-                    check_adapter_name(item)
+                name = item.get("class_path") if isinstance(item, dict) else item
+                if isinstance(name, str):
+                    check_adapter_name(name)
         return [
             {"class_path": adapter_class_path(item)}
             if key == "adapters" and isinstance(item, str) and item in names
