@@ -170,3 +170,45 @@ def test_absent_cifar100_and_mnist_are_missing_not_failing(tmp_path):
     for name, folder in (("cifar100", "cifar-100-python"), ("mnist", "MNIST/raw")):
         result = check.check_dataset(name, str(tmp_path))
         assert result.status == "missing" and result.problems == [f"no folder {tmp_path / folder}"]
+
+
+def _truncated_jpeg(path):
+    """A JPEG cut in half: its header parses, decoding its pixels fails."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with Image.open(path) as image:
+        assert image.size == (64, 64)  # what a header-only check sees
+
+
+def test_a_truncated_jpeg_is_found_by_the_default_check(pets_root, capsys):
+    broken = pets_root / "oxford_pets" / "images" / "Abyssinian_1_0.jpg"
+    _truncated_jpeg(broken)
+    assert main(["data", "check", "--root", str(pets_root), "oxford_pets"]) == 1
+    assert check.check_dataset("oxford_pets", str(pets_root)).problems == [
+        f"1 unreadable image(s): {broken}"
+    ]
+
+
+def test_the_training_error_says_how_to_fix_a_truncated_image(pets_root):
+    from peftclip.data import build_dataset
+    from peftclip.errors import PeftClipError
+
+    broken = pets_root / "oxford_pets" / "images" / "Abyssinian_1_0.jpg"
+    _truncated_jpeg(broken)
+    train = build_dataset("oxford_pets", str(pets_root)).splits["train"]
+    train.transform = lambda image: image
+    position = [path for path, _ in train.samples].index(broken)
+    with pytest.raises(PeftClipError) as error:
+        train[position]
+    message = str(error.value)
+    assert message.startswith(f"cannot read image '{broken}' (image file is truncated")
+    assert (
+        "Replace it with a good copy, or drop it from the dataset (its line in the split" in message
+    )
+    assert "`peftclip data check --root DATA DATASET` lists every unreadable image." in message

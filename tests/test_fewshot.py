@@ -54,12 +54,14 @@ def test_sampler_equals_dassl_on_the_same_listing(seed):
 def test_few_shot_counts_and_determinism():
     labels = [i % 5 for i in range(100)] + [5, 5]  # class 5 has only 2 images
     data = _tensor_data({"train": labels, "val": labels, "test": labels}, 6)
-    sample = few_shot(data, 16, seed=1)
+    with pytest.warns(UserWarning, match=r"1 of 6 classes .*: 'class 5' \(2\)\.$"):
+        sample = few_shot(data, 16, seed=1)
     counts = torch.bincount(torch.tensor(sample.splits["train"].targets))
     assert counts.tolist() == [16, 16, 16, 16, 16, 2]  # never repeated, never dropped
     assert torch.bincount(torch.tensor(sample.splits["val"].targets)).tolist() == [4] * 5 + [2]
     assert len(sample.splits["test"]) == len(labels)
-    again, other = few_shot(data, 16, seed=1), few_shot(data, 16, seed=2)
+    with pytest.warns(UserWarning):
+        again, other = few_shot(data, 16, seed=1), few_shot(data, 16, seed=2)
     assert torch.equal(sample.splits["train"].images, again.splits["train"].images)
     assert not torch.equal(sample.splits["train"].images, other.splits["train"].images)
 
@@ -140,3 +142,25 @@ def test_unwritable_cache_says_how_to_fix(tmp_path):
     )
     with pytest.raises(Exception, match=r"Set data\.cache_dir"):
         datamodule.data  # noqa: B018
+
+
+def test_classes_short_of_k_are_named_in_one_warning_and_kept_whole(tmp_path):
+    from PIL import Image
+
+    for name, count in (("cat", 2), ("dog", 6), ("eel", 4)):
+        folder = tmp_path / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (4, 4)).save(folder / f"{i}.png")
+    datamodule = PeftClipDataModule("image_folder", root=str(tmp_path), shots=4)
+    with pytest.warns(UserWarning) as caught:
+        train = datamodule.data.splits["train"]
+    assert [str(w.message) for w in caught] == [
+        "data.shots is 4, but 1 of 3 classes of 'image_folder' have fewer training images, and "
+        "all of them are used (as in Dassl): 'cat' (2)."
+    ]
+    assert sorted(train.targets) == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    with pytest.warns(UserWarning, match=r"of 3 classes .*'cat' \(2\), 'dog' \(6\), 'eel' \(4\)"):
+        PeftClipDataModule("image_folder", root=str(tmp_path), shots=100).data  # noqa: B018
+    with pytest.warns(UserWarning, match=r"'cat' \(2\)\."):  # the reused manifest, too
+        PeftClipDataModule("image_folder", root=str(tmp_path), shots=4).data  # noqa: B018

@@ -45,8 +45,8 @@ class DatasetCheck:
 
 def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> DatasetCheck:
     """Reads ``name`` under ``root`` and compares it with the published counts and file checksums
-    of its definition; with ``decode`` every image header is opened so unreadable files are
-    listed (the first ``limit`` of them)."""
+    of its definition; with ``decode`` every image is decoded in full so unreadable (corrupt or
+    truncated) files are listed (the first ``limit`` of them)."""
     definition = dataset_definition(name)
     if definition.counts is None:
         raise PeftClipError(
@@ -105,9 +105,11 @@ def check_dataset(name: str, root: str, decode: bool = True, limit: int = 5) -> 
 
 
 def _readable(path) -> bool:
+    """Whether the image decodes in full, as training reads it (a header can parse while the
+    data after it is truncated)."""
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018  (parsing the header is the check)
+            image.load()
         return True
     except (OSError, UnidentifiedImageError):
         return False
@@ -123,7 +125,8 @@ def data_check_command(names: list[str], *, root: str, decode: bool = True) -> i
     Args:
         names: Datasets to check (none: all but the MTIL split datasets, which need a manifest).
         root: The data root <DATA>.
-        decode: Open every image to find unreadable files (--no-decode: counts only).
+        decode: Decode every image in full to find corrupt or truncated files (--no-decode:
+            counts only, much faster).
     """
     known = checked_names()
     unknown = [name for name in names if name not in known]

@@ -7,6 +7,8 @@ import hashlib
 import json
 import math
 import random
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -80,7 +82,9 @@ def few_shot(
     if cache_dir is not None and data.image_root is not None:
         path = manifest_path(cache_dir, data.name, shots, seed, sampler)
         if path.is_file():
-            return _apply_manifest(data, path)
+            sample = _apply_manifest(data, path)
+            _warn_short_classes(sample, shots)
+            return sample
     if sampler != "dassl":
         raise PeftClipError(
             f"no imported '{sampler}' manifest for {data.name}, {shots} shots, seed {seed} "
@@ -96,7 +100,32 @@ def few_shot(
     sample = replace(data, splits=splits)
     if path is not None:
         _write_manifest(sample, data, shots, seed, path)
+    _warn_short_classes(sample, shots)
     return sample
+
+
+def _warn_short_classes(sample: ClassificationData, shots: int, shown: int = 10) -> None:
+    """Warns once about the classes whose sampled train split has fewer than ``shots`` images.
+
+    Dassl keeps every image of such a class (no repetition), and so does :func:`few_shot`; the
+    run is then not the K-shot setting its recipe names, which a user should know.
+    """
+    counts = Counter(sample.splits["train"].targets)
+    short = [
+        (name, counts[label])
+        for label, name in enumerate(sample.classnames)
+        if counts[label] < shots
+    ]
+    if not short:
+        return
+    listed = ", ".join(f"'{name}' ({count})" for name, count in short[:shown])
+    more = f" and {len(short) - shown} more" if len(short) > shown else ""
+    warnings.warn(
+        f"data.shots is {shots}, but {len(short)} of {len(sample.classnames)} classes of "
+        f"'{sample.name}' have fewer training images, and all of them are used (as in Dassl): "
+        f"{listed}{more}.",
+        stacklevel=3,
+    )
 
 
 def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:

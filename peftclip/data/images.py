@@ -42,8 +42,9 @@ class LabeledImageFiles(Dataset):
                 image = image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
             raise PeftClipError(
-                f"cannot read image '{path}' ({error}). Replace or delete the file, or run "
-                "`peftclip data check` on the data root to list every unreadable file."
+                f"cannot read image '{path}' ({error}). Replace it with a good copy, or drop it "
+                "from the dataset (its line in the split file; for a folder dataset, the file); "
+                "`peftclip data check --root DATA DATASET` lists every unreadable image."
             ) from error
         if self.transform is None:
             raise PeftClipError("no image transform set: call PeftClipDataModule.set_transforms()")

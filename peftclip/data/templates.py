@@ -9,6 +9,7 @@ a list of templates (:func:`resolve_templates`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES
@@ -164,8 +165,16 @@ def resolve_templates(templates: str | Sequence[str]) -> list[str]:
             ``coop:<dataset>``, ``mtil:<dataset>``), one template string, or a list of template
             strings.
     """
+    sets = template_sets()
     if isinstance(templates, str):
-        templates = template_sets().get(templates, (templates,))
+        if templates not in sets and templates.count("{}") != 1:
+            close = difflib.get_close_matches(templates, list(sets), n=1)
+            if close:  # a misspelt set name, not a template
+                raise PeftClipError(
+                    f"unknown template set {templates!r}; did you mean {close[0]!r}? Named sets: "
+                    f"{', '.join(sorted(sets))}."
+                )
+        templates = sets.get(templates, (templates,))
     resolved = list(templates)
     if not resolved:
         raise PeftClipError(
@@ -175,6 +184,6 @@ def resolve_templates(templates: str | Sequence[str]) -> list[str]:
         if template.count("{}") != 1:
             raise PeftClipError(
                 f"template {template!r} must contain exactly one '{{}}' placeholder for the class "
-                f"name, or be one of the named sets: {', '.join(sorted(template_sets()))}."
+                f"name, or be one of the named sets: {', '.join(sorted(sets))}."
             )
     return resolved

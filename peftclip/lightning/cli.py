@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+import sys
 import typing
+from argparse import ArgumentError
 from typing import Any
 
-from jsonargparse import get_loader, set_loader
+from jsonargparse import ArgumentParser, get_loader, set_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from peftclip.adapters import adapter_class_path, list_adapters
+from peftclip.adapters import Adapter, adapter_class_path, get_adapter_class, list_adapters
 from peftclip.checkpoint_files import read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
@@ -27,6 +31,10 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
 
     Accepts ``adapters: [coop]``, ``adapters: [{class_path: coop, init_args: {...}}]`` and, on
     the command line, ``--model.adapters+=coop``.
+
+    Raises:
+        PeftClipError: An entry of ``adapters`` (or a ``class_path``) is a bare word that names
+            no adapter, with the closest registered names.
     """
     names = set(list_adapters())
     if isinstance(value, dict):
@@ -35,6 +43,11 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
             resolved["class_path"] = adapter_class_path(resolved["class_path"])
         return resolved
     if isinstance(value, list):
+        if key == "adapters":  # other class_path entries (optimizer, callbacks) are not adapters
+            for item in value:
+                name = item.get("class_path") if isinstance(item, dict) else item
+                if isinstance(name, str):
+                    check_adapter_name(name)
         return [
             {"class_path": adapter_class_path(item)}
             if key == "adapters" and isinstance(item, str) and item in names
@@ -44,6 +57,35 @@ def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
     if key is None and isinstance(value, str) and value in names:
         return {"class_path": adapter_class_path(value)}
     return value
+
+
+def check_adapter_name(name: str) -> None:
+    """Refuses a bare word that is neither a registered adapter nor an adapter class's name.
+
+    An import path (``my_package.MyAdapter``) is left to jsonargparse, which imports it; a typo
+    like ``cop`` would otherwise be answered with "Expected a dot import path string".
+
+    Raises:
+        PeftClipError: From the adapter registry, with the closest registered names.
+    """
+    if "." in name or name in list_adapters():
+        return
+    subclasses, pending = set(), [Adapter]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            subclasses.add(subclass.__name__)
+            pending.append(subclass)
+    if name not in subclasses:
+        get_adapter_class(name)  # raises the registry's "unknown adapter" error
+
+
+def _check_adapter_arguments(args: list[str]) -> None:
+    """Checks the command line's ``--model.adapters+=NAME`` / ``--model.adapters+ NAME``."""
+    for position, arg in enumerate(args):
+        if arg.startswith("--model.adapters+="):
+            check_adapter_name(arg.partition("=")[2])
+        elif arg == "--model.adapters+" and position + 1 < len(args):
+            check_adapter_name(args[position + 1])
 
 
 def _load(text: str) -> Any:
@@ -72,6 +114,37 @@ def _int_before_float() -> None:
                 annotations[name] = wanted
 
 
+def _unknown_key(message: str) -> str | None:
+    """The key of jsonargparse's "unrecognized arguments" / "does not accept option" error."""
+    command_line = re.match(r"unrecognized arguments: --([^\s=]+)", message)
+    recipe = re.search(r"does not accept option '([^']+)'", message)
+    match = command_line or recipe
+    return match.group(1) if match else None
+
+
+def _subcommand_parser(parser: ArgumentParser, args: list[str]) -> ArgumentParser:
+    """The parser of the subcommand named in ``args`` (``parser`` itself if it has none)."""
+    subcommands = parser._subcommands_action
+    if subcommands is None:
+        return parser
+    name = next((arg for arg in args if arg in subcommands._name_parser_map), None)
+    return subcommands._name_parser_map.get(name, parser)
+
+
+def _unknown_key_message(parser: ArgumentParser, key: str) -> str:
+    """ "unknown option ...; did you mean ...?" with the closest key ``parser`` knows."""
+    keys = {
+        option[2:]
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    prog = parser.prog.replace(" [options]", "")
+    return f"unknown option '{key}'; {hint}`{prog} --help` lists every option."
+
+
 class PeftClipCLI(LightningCLI):
     """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
 
@@ -79,12 +152,16 @@ class PeftClipCLI(LightningCLI):
         self, args=None, run: bool = True, prog: str = "peftclip", description=None, **kwargs
     ) -> None:
         _int_before_float()
+        if isinstance(args, list | None):
+            _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
         # The usage line names the command a user typed, also under `python -m peftclip`.
-        parser_kwargs = {"parser_mode": PARSER_MODE, "prog": prog}
+        # exit_on_error=False: parse_arguments answers a misspelt key with one line.
+        own = {"parser_mode": PARSER_MODE, "exit_on_error": False}
+        parser_kwargs = {**own, "prog": prog}
         if description is not None:
             parser_kwargs["description"] = description
-        parser_kwargs.update({name: {"parser_mode": PARSER_MODE} for name in SUBCOMMANDS})
+        parser_kwargs.update({name: own for name in SUBCOMMANDS})
         super().__init__(
             PeftClipModule,
             PeftClipDataModule,
@@ -133,6 +210,24 @@ class PeftClipCLI(LightningCLI):
             )
 
     before_fit = before_validate = before_test = _require_last_checkpoint
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """LightningCLI's parsing; a key no parser knows (``--data.datset``, ``datset:`` in a
+        recipe) is one line naming the closest valid key instead of the usage text.
+
+        Raises:
+            PeftClipError: An unknown key.
+        """
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            words = sys.argv[1:] if args is None else args
+            command = _subcommand_parser(parser, [w for w in words if isinstance(w, str)])
+            key = _unknown_key(str(error))
+            if key is None:  # any other error: jsonargparse's own report (usage, exit 2)
+                command.exit_on_error = True
+                command.error(str(error), error)
+            raise PeftClipError(_unknown_key_message(command, key)) from None
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """LightningCLI's core arguments, with two changes: ``model.frozen_backbone`` (a loaded

@@ -74,6 +74,12 @@ class PeftClipDataModule(L.LightningDataModule):
         backbone: BackboneSpec | dict | None = None,
     ) -> None:
         super().__init__()
+        _check_counts(
+            shots=(shots, 1, "training images per class, or null for the full splits"),
+            batch_size=(batch_size, 1, "images per training batch"),
+            eval_batch_size=(eval_batch_size, 1, "images per evaluation batch, or null"),
+            num_workers=(num_workers, 0, "dataloader worker processes; 0 loads in the main one"),
+        )
         self.save_hyperparameters()
         # A linked command-line value arrives as a plain mapping.
         self.backbone = BackboneSpec(**backbone) if isinstance(backbone, dict) else backbone
@@ -170,6 +176,22 @@ class PeftClipDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = [self._loader("test", shuffle=False, data=data) for _, data in self.test_sets]
         return loaders if len(loaders) > 1 else loaders[0]
+
+
+def _check_counts(**options: tuple[int | None, int, str]) -> None:
+    """Refuses a count below its minimum, naming the option, the value and the allowed range.
+
+    Args:
+        options: ``name=(value, minimum, meaning)``; a ``None`` value is the option's default.
+
+    Raises:
+        PeftClipError: The first option whose value is below its minimum.
+    """
+    for name, (value, minimum, meaning) in options.items():
+        if value is not None and value < minimum:
+            raise PeftClipError(
+                f"data.{name} must be an integer >= {minimum} ({meaning}); got {value}."
+            )
 
 
 def _build_eval_dataset(entry: str | dict[str, Any], root: str | None) -> ClassificationData:
