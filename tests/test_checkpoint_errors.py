@@ -151,3 +151,21 @@ def test_export_official_reads_its_checkpoint_without_unpickling_code(tmp_path, 
     with pytest.raises(PeftClipError, match="never runs code"):
         save_official(model, crafted, tmp_path / "other.pth.tar-1")
     assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_evaluating_a_method_without_its_checkpoint_needs_allow_untrained(
+    tmp_path, command, capsys
+):
+    assert main([command, *RECIPE, *_run_dir(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith(f"peftclip: error: `peftclip {command}` without --ckpt_path")
+    assert "coop" in line and "--allow_untrained true" in line
+    limit = (
+        "--trainer.limit_val_batches" if command == "validate" else "--trainer.limit_test_batches"
+    )
+    assert main([command, *RECIPE, "--allow_untrained", "true", limit, "1",
+                 *_run_dir(tmp_path, "untrained")]) == 0  # fmt: skip
+    # Zero-shot CLIP (nothing trainable) needs no checkpoint.
+    zero_shot = ["--config", "recipes/zeroshot/tiny_random.yaml", limit, "1"]
+    assert main([command, *zero_shot, *_run_dir(tmp_path, "zero_shot")]) == 0

@@ -152,6 +152,7 @@ class PeftClipCLI(LightningCLI):
         self, args=None, run: bool = True, prog: str = "peftclip", description=None, **kwargs
     ) -> None:
         _int_before_float()
+        self._lightning_subcommands = run  # fit / validate / test: --allow_untrained
         if isinstance(args, list | None):
             _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
@@ -209,7 +210,39 @@ class PeftClipCLI(LightningCLI):
                 "start from scratch."
             )
 
-    before_fit = before_validate = before_test = _require_last_checkpoint
+    before_fit = _require_last_checkpoint
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if self._lightning_subcommands:
+            parser.add_argument(
+                "--allow_untrained",
+                type=bool,
+                default=False,
+                help="validate / test: evaluate adapters with trainable or fitted tensors at their "
+                "initialisation, without --ckpt_path (fit ignores it)",
+            )
+
+    def _require_trained_adapters(self) -> None:
+        """Evaluating a method without its checkpoint is refused unless asked for: it would
+        report the untrained adapters' accuracy as the method's."""
+        self._require_last_checkpoint()
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") is not None or config.get("allow_untrained"):
+            return
+        trainable = [
+            adapter.name
+            for adapter in self.model.adapters
+            if any(p.requires_grad for p in adapter.parameters()) or adapter._fitted_names
+        ]
+        if trainable:
+            raise PeftClipError(
+                f"`peftclip {self.subcommand}` without --ckpt_path would evaluate "
+                f"{', '.join(trainable)} at its initialisation, not trained. Give --ckpt_path "
+                "CKPT (a checkpoint of `peftclip fit`), or --allow_untrained true to evaluate "
+                "the untrained adapters on purpose."
+            )
+
+    before_validate = before_test = _require_trained_adapters
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         """LightningCLI's parsing; a key no parser knows (``--data.datset``, ``datset:`` in a
