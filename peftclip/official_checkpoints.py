@@ -31,14 +31,20 @@ import inspect
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning
 import torch
 
-from peftclip.adapters import Adapter, ClipSVD, CoCoOp, CoOp, MaPLe
+from peftclip.adapters import Adapter, ClipSVD, MaPLe
+from peftclip.adapters.official_names import (
+    OFFICIAL_NAMES,
+    OfficialName,
+    official_names,
+    shape_mismatch,
+)
 from peftclip.atomic_files import atomic_path
 from peftclip.checkpoint_files import missing_file, read_checkpoint
 from peftclip.errors import PeftClipError
@@ -59,14 +65,6 @@ RECOGNISED_FORMATS = (
 _DASSL_BUFFERS = ("token_prefix", "token_suffix")
 # MaPLe saves its whole CustomCLIP; the frozen CLIP comes from the recipe's backbone instead.
 _MAPLE_FROZEN_PREFIXES = ("image_encoder.", "text_encoder.", "logit_scale")
-_SVD_LAYER_NAMES = {
-    "q": "attn.q_proj",
-    "k": "attn.k_proj",
-    "v": "attn.v_proj",
-    "o": "attn.proj",
-    "c_fc": "mlp.c_fc",
-    "c_proj": "mlp.c_proj",
-}
 # Frozen CLIP tensors that official files carry, compared with the recipe's backbone so that
 # prompts trained on other weights are refused (file key → attribute path in the open_clip model).
 _FROZEN_REFERENCES = {
@@ -102,94 +100,13 @@ class OfficialCheckpoint:
     metadata: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Link:
-    """One official tensor and the adapter tensor it is.
-
-    ``dims`` names, per dimension of the adapter tensor, the setting that decides its size (what
-    a shape error points at). CLIP-SVD stores a singular-value vector ``(k,)`` as ``(1, k)``.
-    """
-
-    official: str
-    adapter: str
-    dims: tuple[str, ...]
-    row_vector: bool = False
-
-    def official_shape(self, adapter_shape: torch.Size) -> tuple[int, ...]:
-        return (1, *adapter_shape) if self.row_vector else tuple(adapter_shape)
-
-
-# ---------------------------------------------------------------------------------- name tables
-def _coop_links(adapter: CoOp) -> list[_Link]:
-    context = "n_ctx (or the word count of ctx_init)"
-    if adapter.ctx.dim() == 3:
-        return [
-            _Link("ctx", "ctx", ("n_classes (csc: true)", context, "the backbone's text width"))
-        ]
-    return [_Link("ctx", "ctx", (context, "the backbone's text width"))]
-
-
-def _cocoop_links(adapter: CoCoOp) -> list[_Link]:
-    hidden, embed, text = "the backbone's embed dim / 16", "the backbone's embed dim", "text width"
-    return [
-        *_coop_links(adapter),
-        _Link("meta_net.linear1.weight", "meta_net.0.weight", (hidden, embed)),
-        _Link("meta_net.linear1.bias", "meta_net.0.bias", (hidden,)),
-        _Link("meta_net.linear2.weight", "meta_net.2.weight", (f"the backbone's {text}", hidden)),
-        _Link("meta_net.linear2.bias", "meta_net.2.bias", (f"the backbone's {text}",)),
-    ]
-
-
-def _maple_links(adapter: MaPLe) -> list[_Link]:
-    text, vision = "the backbone's text width", "the backbone's vision width"
-    prompt, coupling = ("n_ctx", text), (vision, text)
-    links = [
-        _Link("ctx", "ctx", prompt),
-        _Link("proj.weight", "proj.weight", coupling),
-        _Link("proj.bias", "proj.bias", (vision,)),
-    ]
-    for j in range(len(adapter.deep_text)):
-        links += [
-            _Link(f"compound_prompts_text.{j}", f"deep_text.{j}", prompt),
-            _Link(
-                f"compound_prompt_projections.{j}.weight", f"deep_proj.{j}.weight", (vision, text)
-            ),
-            _Link(f"compound_prompt_projections.{j}.bias", f"deep_proj.{j}.bias", (vision,)),
-        ]
-    return [_Link(f"prompt_learner.{link.official}", link.adapter, link.dims) for link in links]
-
-
-def _clip_svd_links(adapter: ClipSVD) -> list[_Link]:
-    links = []
-    for target in adapter.targets:
-        tower = "visual.transformer" if target.tower == "vision" else "transformer"
-        official = f"{tower}.resblocks.{target.block}.{_SVD_LAYER_NAMES[target.kind]}.vector_S"
-        rank = f"the rank min(out, in) of {target.path} in the backbone"
-        links.append(_Link(official, f"sites.{target.key}.s", (rank,), row_vector=True))
-    return links
-
-
-_LINKS: dict[type[Adapter], Callable[..., list[_Link]]] = {
-    CoOp: _coop_links,
-    CoCoOp: _cocoop_links,
-    MaPLe: _maple_links,
-    ClipSVD: _clip_svd_links,
-}
-
-
-def _table(adapter: Adapter) -> list[_Link]:
-    """``adapter``'s official names and settings per tensor; empty for other adapters."""
-    build = _LINKS.get(type(adapter))
-    return build(adapter) if build is not None else []
-
-
-def _links(adapter: Adapter) -> list[_Link]:
-    if type(adapter) not in _LINKS:
+def _links(adapter: Adapter) -> list[OfficialName]:
+    if type(adapter) not in OFFICIAL_NAMES:
         raise PeftClipError(
             f"adapter '{adapter.name}' has no official checkpoint format; official checkpoints "
-            f"exist for {', '.join(cls.name for cls in _LINKS)}."
+            f"exist for {', '.join(cls.name for cls in OFFICIAL_NAMES)}."
         )
-    links = _table(adapter)
+    links = official_names(adapter)
     uncovered = set(adapter.state_dict()) - {link.adapter for link in links}
     if uncovered:  # a new adapter tensor without an official name would be silently lost
         raise PeftClipError(
@@ -292,49 +209,6 @@ def _read_dassl(path: Path, content: dict) -> OfficialCheckpoint:
 
 
 # ------------------------------------------------------------------------------------ mapping
-def _shape(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def shape_mismatch(
-    adapter: Adapter, file_tensor: str, found: Sequence[int], tensor: str, expected: Sequence[int]
-) -> str:
-    """The error for a tensor of a file whose shape differs from the recipe's adapter tensor.
-
-    Names the adapter, both tensors and shapes, and per differing dimension the setting that
-    decides it (from the adapter's table of official names; "a setting" for other adapters).
-
-    Args:
-        adapter: The recipe's adapter.
-        file_tensor: How to name the file's tensor, e.g. "official tensor 'ctx'".
-        found: The file's shape.
-        tensor: The adapter's own name of the tensor (its state-dict key).
-        expected: The shape the file's tensor must have (the official layout for an official
-            file, the adapter's own otherwise).
-    """
-    found, expected = tuple(found), tuple(expected)
-    link = next((link for link in _table(adapter) if link.adapter == tensor), None)
-    dims = link.dims if link is not None else ("a setting of the adapter",) * len(expected)
-    if link is not None and link.row_vector and len(expected) == len(link.dims) + 1:
-        dims = ("1", *dims)  # the official layout of a singular-value vector
-    if len(found) != len(expected):
-        differs = (
-            f"the file's tensor has {len(found)} dimensions, the recipe's {len(expected)} "
-            f"({', '.join(dims)})"
-        )
-    else:
-        differs = "; ".join(
-            f"{dims[i]} is {expected[i]} in the recipe but {found[i]} in the file"
-            for i in range(len(expected))
-            if found[i] != expected[i]
-        )
-    return (
-        f"{adapter.name}: {file_tensor} has shape {_shape(found)}, but the recipe's adapter "
-        f"tensor '{tensor}' is {_shape(expected)}: {differs}. Set the recipe's adapter (and "
-        "backbone) as the run that wrote the file had them."
-    )
-
-
 def _keyset_hint(adapter: Adapter, official: OfficialCheckpoint) -> str:
     if isinstance(adapter, MaPLe):
         depth = 1 + sum(

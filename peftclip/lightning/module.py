@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from peftclip.adapters import Adapter, StepContext, TrainingFeatures
 from peftclip.adapters.base import implements
+from peftclip.adapters.official_names import shape_mismatch
 from peftclip.backbone import BackboneSpec, FrozenClip, TextFeatureCache, load_backbone
 from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
@@ -453,10 +454,6 @@ class PeftClipModule(L.LightningModule):
 
     def _shape_mismatch(self, key: str, found: torch.Size, expected: torch.Size) -> str:
         """The error for an adapter tensor of another shape: adapter, tensor, setting."""
-        # official_checkpoints imports this module; it owns the table of which setting decides
-        # each dimension of an adapter tensor.
-        from peftclip.official_checkpoints import shape_mismatch
-
         index, _, tensor = key.removeprefix("classifier.adapters.").partition(".")
         adapter = self.adapters[int(index)]
         return shape_mismatch(adapter, f"checkpoint tensor '{tensor}'", found, tensor, expected)
