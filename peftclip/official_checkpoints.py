@@ -399,7 +399,13 @@ def import_checkpoint(
     Returns:
         The written file.
     """
-    module = _module_from_recipe(recipe, overrides)
+    return save_imported(_module_from_recipe(recipe, overrides), source, output, trust_pickle)
+
+
+def save_imported(
+    module: PeftClipModule, source: str | Path, output: str | Path, trust_pickle: bool = False
+) -> Path:
+    """Writes :func:`imported_checkpoint` of ``source`` for ``module`` to ``output``."""
     checkpoint = imported_checkpoint(module, source, trust_pickle)
     with atomic_path(output) as partial:
         torch.save(checkpoint, partial)
@@ -482,9 +488,7 @@ def import_checkpoint_command(args: list[str]) -> int:
         prog="peftclip import-checkpoint",
         description=inspect.getdoc(ImportCheckpointCLI),
     )
-    checkpoint = imported_checkpoint(cli.model, cli.config.source, cli.config.trust_pickle)
-    with atomic_path(cli.config.output) as partial:
-        torch.save(checkpoint, partial)
+    save_imported(cli.model, cli.config.source, cli.config.output, cli.config.trust_pickle)
     recipes = " ".join(f"--config {path}" for path in cli.config.get("config") or [])
     print(f"wrote {cli.config.output}; evaluate it with peftclip test "
           f"{recipes or '--config RECIPE.yaml'} --ckpt_path {cli.config.output}")  # fmt: skip
