@@ -81,7 +81,8 @@ class PeftClipDataModule(L.LightningDataModule):
             num_workers=(num_workers, 0, "dataloader worker processes; 0 loads in the main one"),
         )
         self.save_hyperparameters()
-        # A linked command-line value arrives as a plain mapping.
+        # The command line links a plain mapping here; it stays one in the saved hparams, so a
+        # checkpoint holds no custom class and loads with weights_only.
         self.backbone = BackboneSpec(**backbone) if isinstance(backbone, dict) else backbone
         self.backbone = self.backbone or BackboneSpec()
         self.dataset_name = dataset
