@@ -104,28 +104,34 @@ def few_shot(
     return sample
 
 
-def _warn_short_classes(sample: ClassificationData, shots: int, shown: int = 10) -> None:
-    """Warns once about the classes whose sampled train split has fewer than ``shots`` images.
+def short_classes(data: ClassificationData, shots: int, shown: int = 10) -> str | None:
+    """The classes whose train split has fewer than ``shots`` images, in words; ``None`` if none.
 
-    Dassl keeps every image of such a class (no repetition), and so does :func:`few_shot`; the
-    run is then not the K-shot setting its recipe names, which a user should know.
+    E.g. ``"1 of 3 classes of 'pets' have fewer training images, and all of them are used (as in
+    Dassl): 'cat' (2)"``: at most ``shown`` classes by name, with their counts, then "and N
+    more". Dassl keeps every image of such a class (no repetition), and so does
+    :func:`few_shot`; the run is then not the K-shot setting its recipe names, which a user
+    should know. The training warning and ``peftclip data check --shots`` both say it so.
     """
-    counts = Counter(sample.splits["train"].targets)
+    counts = Counter(data.splits["train"].targets)
     short = [
-        (name, counts[label])
-        for label, name in enumerate(sample.classnames)
-        if counts[label] < shots
+        (name, counts[label]) for label, name in enumerate(data.classnames) if counts[label] < shots
     ]
     if not short:
-        return
+        return None
     listed = ", ".join(f"'{name}' ({count})" for name, count in short[:shown])
     more = f" and {len(short) - shown} more" if len(short) > shown else ""
-    warnings.warn(
-        f"data.shots is {shots}, but {len(short)} of {len(sample.classnames)} classes of "
-        f"'{sample.name}' have fewer training images, and all of them are used (as in Dassl): "
-        f"{listed}{more}.",
-        stacklevel=3,
+    return (
+        f"{len(short)} of {len(data.classnames)} classes of '{data.name}' have fewer training "
+        f"images, and all of them are used (as in Dassl): {listed}{more}"
     )
+
+
+def _warn_short_classes(sample: ClassificationData, shots: int) -> None:
+    """Warns once about the classes whose sampled train split has fewer than ``shots`` images."""
+    short = short_classes(sample, shots)
+    if short is not None:
+        warnings.warn(f"data.shots is {shots}, but {short}.", stacklevel=3)
 
 
 def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:
