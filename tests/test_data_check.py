@@ -1,6 +1,7 @@
 """``peftclip data check`` reports each kind of fault and sets the exit code."""
 
 import hashlib
+import json
 import pickle
 
 import numpy as np
@@ -10,8 +11,8 @@ import peftclip.data.check as check
 from peftclip.cli import main
 from peftclip.data import dataset_definition
 from tests.fake_datasets import cifar_files as _cifar
+from tests.fake_datasets import fake_tree, jpeg, mnist_files, publish_counts
 from tests.fake_datasets import idx_file as _idx
-from tests.fake_datasets import mnist_files, publish_counts
 from tests.fake_datasets import zhou_tree as _zhou_tree
 
 
@@ -212,3 +213,148 @@ def test_the_training_error_says_how_to_fix_a_truncated_image(pets_root):
         "Replace it with a good copy, or drop it from the dataset (its line in the split" in message
     )
     assert "`peftclip data check --root DATA DATASET` lists every unreadable image." in message
+
+
+# --- a partial root: --partial and --shots ------------------------------------------------------
+
+
+@pytest.fixture
+def partial_root(tmp_path):
+    """ImageNet with one train and one val image per class (of 1,281,167 and 50,000 published),
+    and nothing else: the published counts are the real ones."""
+    fake_tree(dataset_definition("imagenet"), tmp_path)
+    return tmp_path
+
+
+def _check(capsys, root, *args):
+    status = main(["data", "check", "--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return status, out.splitlines(), err
+
+
+def test_counts_below_the_published_ones_are_warnings_under_partial(partial_root, capsys):
+    status, lines, _ = _check(capsys, partial_root, "imagenet", "--partial")
+    assert status == 0
+    assert lines == [
+        f"peftclip data check — {partial_root} (--partial)",
+        "imagenet  warning      1000 classes; train 1000, test 1000",
+        "    warning: train: 1000 images of 1281167 published",
+        "    warning: test: 1000 images of 50000 published",
+        "1 dataset(s): 0 ok, 1 with warnings, 0 with problems, 0 not present",
+    ]
+    # Without --partial the same tree fails, as before, and the last line says what --partial does.
+    status, lines, _ = _check(capsys, partial_root, "imagenet")
+    assert status == 1
+    assert "    problem: train: 1000 images, expected 1281167" in lines
+    assert lines[-1] == (
+        "Counts below the published ones are warnings with --partial (a partial root)."
+    )
+
+
+def test_absent_datasets_are_not_present_under_partial_unless_named(partial_root, capsys):
+    status, lines, _ = _check(capsys, partial_root, "--partial")
+    assert status == 0
+    assert f"dtd              not present  no folder {partial_root / 'dtd'}" in lines
+    assert lines[-1] == "17 dataset(s): 0 ok, 1 with warnings, 0 with problems, 16 not present"
+    status, lines, _ = _check(capsys, partial_root, "--partial", "imagenet", "dtd")
+    assert status == 1
+    assert lines[4:] == [
+        f"dtd       problem      no folder {partial_root / 'dtd'}",
+        "2 dataset(s): 0 ok, 1 with warnings, 1 with problems, 0 not present",
+    ]
+
+
+def test_a_corrupt_image_is_a_problem_under_partial(pets_root, capsys, monkeypatch):
+    publish_counts(monkeypatch, "oxford_pets", 37, 2944, 736, 3669)
+    broken = pets_root / "oxford_pets" / "images" / "Abyssinian_1_0.jpg"
+    _truncated_jpeg(broken)
+    status, lines, _ = _check(capsys, pets_root, "oxford_pets", "--partial")
+    assert status == 1
+    assert lines[1:4] == [
+        "oxford_pets  problem      2 classes; train 2, val 2, test 2",
+        f"    problem: 1 unreadable image(s): {broken}",
+        "    warning: 2 classes of 37 published",
+    ]
+
+
+def test_a_missing_listed_image_is_a_problem_under_partial(tmp_path, capsys, monkeypatch):
+    _zhou_tree(tmp_path, "oxford_pets", missing_image=True)
+    status, lines, _ = _check(capsys, tmp_path, "oxford_pets", "--partial")
+    assert status == 1
+    assert lines[1].startswith("oxford_pets  problem      1 image(s) listed in ")
+
+
+def test_counts_above_the_published_ones_and_checksums_stay_problems(
+    pets_root, cifar_root, capsys, monkeypatch
+):
+    publish_counts(monkeypatch, "oxford_pets", 2, 1, 2, 3)
+    result = check.check_dataset("oxford_pets", str(pets_root), partial=True)
+    assert (result.status, result.problems) == ("problem", ["train: 2 images, expected 1"])
+    assert result.warnings == ["test: 2 images of 3 published"]
+    cifar = dataset_definition("cifar100")
+    official = dict(cifar.file_md5, **{"cifar-100-python/test": "f0ef6b0a"})
+    publish_counts(monkeypatch, "cifar100", 100, 50_000, None, 10_000, file_md5=official)
+    status, lines, _ = _check(capsys, cifar_root, "cifar100", "--partial")
+    assert status == 1
+    assert "differs from the official file" in lines[2] and lines[2].startswith("    problem: ")
+    assert lines[3:5] == [
+        "    warning: train: 6 images of 50000 published",
+        "    warning: test: 4 images of 10000 published",
+    ]
+
+
+def _uneven_pets(root, train_per_class):
+    """oxford_pets with ``train_per_class[i]`` train images of class ``c<i>``, one val and one
+    test image per class, published counts equal to the tree's."""
+    directory = root / "oxford_pets"
+    entries = {"train": [], "val": [], "test": []}
+    for label, n in enumerate(train_per_class):
+        for split, count in (("train", n), ("val", 1), ("test", 1)):
+            for index in range(count):
+                relpath = f"c{label}_{split}_{index}.jpg"
+                jpeg(directory / "images" / relpath)
+                entries[split].append([relpath, label, f"c{label}"])
+    (directory / "split_zhou_OxfordPets.json").write_text(json.dumps(entries))
+    classes = len(train_per_class)
+    return classes, sum(train_per_class), classes, classes
+
+
+def test_shots_names_the_classes_short_of_k(tmp_path, capsys, monkeypatch):
+    publish_counts(monkeypatch, "oxford_pets", *_uneven_pets(tmp_path, [4, 1, 4, 3]))
+    status, lines, _ = _check(capsys, tmp_path, "oxford_pets", "--shots", "4")
+    assert status == 0
+    assert lines[1:] == [
+        "oxford_pets  warning      4 classes; train 12, val 4, test 4",
+        "    warning: --shots 4: 2 of 4 classes of 'oxford_pets' have fewer training images, "
+        "and all of them are used (as in Dassl): 'c1' (1), 'c3' (3)",
+        "1 dataset(s): 0 ok, 1 with warnings, 0 with problems, 0 not present",
+    ]
+    status, lines, _ = _check(capsys, tmp_path, "oxford_pets", "--shots", "1")
+    assert status == 0 and lines[1:] == [
+        "oxford_pets  ok           4 classes; train 12, val 4, test 4",
+        "1 dataset(s): 1 ok, 0 with warnings, 0 with problems, 0 not present",
+    ]
+
+
+def test_shots_lists_a_few_classes_and_counts_the_rest(partial_root, capsys):
+    status, lines, _ = _check(capsys, partial_root, "imagenet", "--partial", "--shots", "2")
+    assert status == 0
+    assert lines[-2] == (
+        "    warning: --shots 2: 1000 of 1000 classes of 'imagenet' have fewer training images, "
+        "and all of them are used (as in Dassl): 'class 0' (1), 'class 1' (1), 'class 2' (1), "
+        "'class 3' (1), 'class 4' (1) and 995 more"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shots", "0"], "--shots must be at least 1 (training images per class); got 0."),
+        (["--shots", "-3"], "--shots must be at least 1 (training images per class); got -3."),
+        (["--root", "/no/such/root"], "--root '/no/such/root' is not a folder; give the data"),
+    ],
+)
+def test_bad_options_are_one_line_errors(pets_root, capsys, args, message):
+    status, lines, err = _check(capsys, pets_root, *args)
+    assert status == 2 and lines == []
+    assert err.startswith(f"peftclip: error: {message}") and err.count("\n") == 1
