@@ -358,3 +358,19 @@ def test_bad_options_are_one_line_errors(pets_root, capsys, args, message):
     status, lines, err = _check(capsys, pets_root, *args)
     assert status == 2 and lines == []
     assert err.startswith(f"peftclip: error: {message}") and err.count("\n") == 1
+
+
+def test_classes_without_train_images_under_partial(tmp_path, capsys, monkeypatch):
+    # 4 classes as published, but 2 without train images: base/new then splits 2 classes, not 4.
+    publish_counts(monkeypatch, "oxford_pets", 4, 5, 4, 4, 2, 2)
+    _uneven_pets(tmp_path, [2, 0, 3, 0])
+    result = check.check_dataset("oxford_pets", str(tmp_path), partial=True, shots=1)
+    assert result.problems == []
+    assert result.warnings == [
+        "base/new: 1/1 classes of 2/2 published",
+        "--shots 1: 2 of 4 classes of 'oxford_pets' have fewer training images, and all of them "
+        "are used (as in Dassl): 'c1' (0), 'c3' (0)",
+    ]
+    assert check.check_dataset("oxford_pets", str(tmp_path)).problems == [
+        "base/new: 1/1 classes, expected 2/2 (base-to-new splits the classes present in train)"
+    ]
