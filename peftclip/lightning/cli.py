@@ -19,6 +19,7 @@ from peftclip.checkpoint_files import read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
+from peftclip.lightning.resume import CheckpointOnSigterm
 
 PARSER_MODE = "peftclip"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -170,8 +171,9 @@ class PeftClipCLI(LightningCLI):
             run=run,
             parser_kwargs=parser_kwargs,
             save_config_kwargs={"overwrite": True},
-            # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd.
-            trainer_defaults={"default_root_dir": "runs"},
+            # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd; a
+            # pre-empted fit (SIGTERM) saves last.ckpt before it exits (docs/resuming.md).
+            trainer_defaults={"default_root_dir": "runs", "callbacks": [CheckpointOnSigterm()]},
             seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )

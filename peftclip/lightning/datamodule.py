@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 from peftclip.backbone import BackboneSpec, backbone_transforms
 from peftclip.data import ClassificationData, build_dataset
 from peftclip.data.fewshot import base_new_split, few_shot
+from peftclip.data.order import EpochSampler, SeededSamples
 from peftclip.data.transforms import build_transform
 from peftclip.errors import PeftClipError
+from peftclip.lightning.resume import TrainingPosition
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 
@@ -101,6 +106,11 @@ class PeftClipDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self._data: ClassificationData | None = None
+        # The training order's seed (the run's seed when first asked for, see
+        # train_dataloader) and where a restored checkpoint resumes: (epoch, batches done).
+        self.order_seed: int | None = None
+        self._resume_at: tuple[int, int] | None = None
+        self._train_sampler: EpochSampler | None = None
 
     @property
     def data(self) -> ClassificationData:
@@ -158,24 +168,81 @@ class PeftClipDataModule(L.LightningDataModule):
             for dataset in data.splits.values():
                 dataset.transform = evaluation
 
-    def _loader(self, split: str, shuffle: bool, data: ClassificationData | None = None):
+    def _loader(self, split: str, data: ClassificationData | None = None) -> DataLoader:
+        """An evaluation loader: the split in order. Its own generator: creating it draws
+        nothing from the training process's random state."""
         return DataLoader(
             (data or self.data).splits[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            generator=torch.Generator().manual_seed(0),
         )
 
-    def train_dataloader(self, shuffle: bool = True) -> DataLoader:
-        return self._loader("train", shuffle=shuffle)
+    def train_dataloader(self, shuffle: bool = True, epoch: int = 0) -> DataLoader:
+        """The training split, each epoch's order and augmentation a function of the run's seed
+        and the epoch only (docs/resuming.md), so a resumed run sees the same batches.
+
+        Args:
+            shuffle: Shuffle each epoch (training) or keep the split's order (feature
+                extraction: ``epoch`` then picks the augmentation of a view).
+            epoch: The epoch of an in-order loader (training follows the trainer's epoch).
+        """
+        if self.order_seed is None:
+            self.order_seed = torch.initial_seed()  # seed_everything's seed, in a CLI run
+        train = self.data.splits["train"]
+        if shuffle:
+            sampler = EpochSampler(
+                len(train), self.order_seed, self._current_epoch, True, self.batch_size
+            )
+            if self._resume_at is not None:
+                sampler.resume_at(*self._resume_at)
+                self._resume_at = None
+            self._train_sampler = sampler
+        else:
+            sampler = EpochSampler(len(train), self.order_seed, lambda: epoch, False)
+        return DataLoader(
+            SeededSamples(train),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0 and shuffle,
+            generator=torch.Generator().manual_seed(self.order_seed),
+        )
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training order stands: saved in every checkpoint of a fit."""
+        trainer = self.trainer
+        if trainer is None or self.order_seed is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"order_seed": self.order_seed, **asdict(TrainingPosition.of(trainer))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes the training order of a checkpoint (before the first training iterator)."""
+        if state:
+            self.order_seed = state.pop("order_seed")
+            self._resume_at = TrainingPosition(**state).next_batch()
+
+    def check_training_order(self, epoch: int) -> None:
+        """Refuses to train epoch ``epoch`` on another epoch's order (a trainer that created
+        the iterator before restoring the checkpoint, or skipped ``set_epoch``)."""
+        sampler = self._train_sampler
+        if sampler is not None and sampler.serving != epoch:
+            raise PeftClipError(
+                f"the training data is in the order of epoch {sampler.serving} while the trainer "
+                f"is in epoch {epoch}; this Lightning version restores checkpoints in an order "
+                "peftclip does not support (docs/resuming.md)."
+            )
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if "val" in self.data.splits else []
+        return self._loader("val") if "val" in self.data.splits else []
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader("test", shuffle=False, data=data) for _, data in self.test_sets]
+        loaders = [self._loader("test", data=data) for _, data in self.test_sets]
         return loaders if len(loaders) > 1 else loaders[0]
 
 

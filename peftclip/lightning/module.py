@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from rich.progress import track
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -22,6 +23,12 @@ from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
 from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
+from peftclip.lightning.resume import (
+    TrainingPosition,
+    random_states,
+    restore_random_states,
+    use_atomic_checkpoints,
+)
 from peftclip.precision import (
     PrecisionProfile,
     apply_precision_profile,
@@ -55,12 +62,17 @@ def _metrics(num_classes: int) -> MetricCollection:
     # refuses a 1-class head (e.g. the new half of a 3-class dataset): top-1 is unaffected by
     # a phantom second class, which is never predicted (metrics are fed the argmax).
     num_classes = max(num_classes, 2)
-    return MetricCollection(
+    # Separate states (no compute groups) that a checkpoint keeps: a fit resumed mid-epoch
+    # reports the epoch's training metrics over all of its batches.
+    metrics = MetricCollection(
         {
             "top1": MulticlassAccuracy(num_classes, average="micro"),
             "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-        }
+        },
+        compute_groups=False,
     )
+    metrics.persistent(True)
+    return metrics
 
 
 class PeftClipModule(L.LightningModule):
@@ -113,6 +125,8 @@ class PeftClipModule(L.LightningModule):
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         # A method fitted from data has no optimizer on purpose (zero optimizer steps).
         warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` return")
+        # The data module resumes its order mid-epoch itself (docs/resuming.md).
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
         # The backbone is recorded by identity (weights hash) in every checkpoint instead: as an
         # hparam, LightningCLI would force the training machine's weights path on `--ckpt_path`.
         self.save_hyperparameters(
@@ -153,6 +167,7 @@ class PeftClipModule(L.LightningModule):
         self._current_test_set: EvalSet | None = None
         self.test_sets: list[EvalSet] = []
         self.metrics = torch.nn.ModuleDict()
+        self._resumed_random_states: dict | None = None
 
     @property
     def backbone(self):
@@ -168,6 +183,7 @@ class PeftClipModule(L.LightningModule):
         if datamodule is None:
             raise PeftClipError("PeftClipModule needs a PeftClipDataModule (data: in the recipe).")
         check_trainer_precision(self.precision_profile, self.trainer.precision)
+        use_atomic_checkpoints(self.trainer)
         served = getattr(datamodule, "backbone", None)
         if served is not None and (served.model_name, served.pretrained) != (
             self.backbone_spec.model_name,
@@ -320,6 +336,14 @@ class PeftClipModule(L.LightningModule):
     def on_train_start(self) -> None:
         if self.fitted_only:  # nothing to step: the fit ends before its first epoch
             self.trainer.should_stop = True
+        if self._resumed_random_states is not None:
+            # Here, after everything a restart adds (sanity check, loaders), before the first
+            # resumed step: the generators continue as in the uninterrupted run.
+            restore_random_states(self._resumed_random_states)
+            self._resumed_random_states = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.trainer.datamodule.check_training_order(self.current_epoch)
 
     def on_train_end(self) -> None:
         if not self.fitted_only:
@@ -332,10 +356,11 @@ class PeftClipModule(L.LightningModule):
     @torch.no_grad()
     def training_features(self, views: int = 1) -> TrainingFeatures:
         """Raw frozen image features of the training split, ``views`` passes in a fixed order."""
-        loader = self.trainer.datamodule.train_dataloader(shuffle=False)
         passes, labels = [], None
         with self.trainer.precision_plugin.forward_context():
             for view in range(views):
+                # Each view its own augmentation seeds (the "epoch" of the in-order sampler).
+                loader = self.trainer.datamodule.train_dataloader(shuffle=False, epoch=view)
                 features, view_labels = [], []
                 for images, batch_labels in track(
                     loader,
@@ -412,8 +437,19 @@ class PeftClipModule(L.LightningModule):
             # Human-readable adapter state (e.g. CoDyRA's live ranks per layer).
             "summaries": {adapter.name: adapter.summary() for adapter in self.adapters},
         }
+        # What a resumed fit needs besides Lightning's loop, optimizer and scheduler states:
+        # the generators, and the training metrics of an epoch that is not over.
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            checkpoint["resume"] = {"random_states": random_states()}
+            if not TrainingPosition.of(self.trainer).epoch_done:
+                checkpoint["resume"]["train_metrics"] = self.metrics["train_metrics"].state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        resume = checkpoint.get("resume")
+        if resume is not None and self._trainer is not None:
+            self._resumed_random_states = resume["random_states"]
+            if "train_metrics" in resume:
+                self.metrics["train_metrics"].load_state_dict(resume["train_metrics"])
         saved = check_peftclip_section(checkpoint)["peftclip"]["backbone"]
         current = self.backbone.identity.to_dict()
         if (

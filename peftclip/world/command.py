@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from peftclip.atomic_files import write_text_atomically
 from peftclip.world.model import SHIPPED_WEIGHTS as SHIPPED
 from peftclip.world.pretrain import PretrainConfig, pretrain
 
@@ -71,5 +72,5 @@ def world_evaluate_command(
         card_path = Path(backbone.identity.pretrained).with_suffix(".json")
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         card["zero_shot_top1"] = numbers
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        write_text_atomically(card_path, json.dumps(card, indent=2) + "\n")
     return 0

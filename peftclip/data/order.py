@@ -1,0 +1,115 @@
+"""The order and the augmentation of training samples as a function of (seed, epoch) alone.
+
+A resumed run must see the very batches, and the very random crops, that the uninterrupted run
+saw. PyTorch's shuffling draws from a generator whose state lives in the process, and random
+augmentation draws from each worker's generator, whose state depends on how many samples that
+worker happened to process; neither survives a restart. Here instead:
+
+* :class:`EpochSampler` derives the permutation of epoch ``e`` from ``(seed, e)`` and can start
+  an epoch at any batch (a run resumed mid-epoch skips what was trained, without loading it);
+* every index comes with its own augmentation seed, and :class:`SeededSamples` applies the
+  transform under that seed, so a sample's crop depends on ``(seed, epoch, index)`` only — not
+  on the worker that loads it, nor on ``num_workers``.
+
+See docs/resuming.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on ``parts`` only (the same in every process and run)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, augmentation seed)`` for every sample, in the order of the epoch.
+
+    It has no ``set_epoch``: Lightning's count is off by one after a restart at an epoch's end.
+    The epoch is read when an iterator starts, from ``epoch`` (the trainer's current epoch);
+    :meth:`resume_at` overrides it once, for the first iterator of a restored run — created
+    before the trainer's own counters are restored.
+
+    Args:
+        size: Number of samples.
+        seed: Seed of the run; the order of epoch ``e`` is a function of ``(seed, e)``.
+        epoch: The epoch an iterator serves (called as it starts).
+        shuffle: A random permutation per epoch, or the samples in order (still with
+            per-epoch augmentation seeds: the views of a feature extraction).
+        batch_size: Samples per batch (what :meth:`resume_at` counts in).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch: Callable[[], int],
+        shuffle: bool = True,
+        batch_size: int = 1,
+    ) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = epoch
+        self.shuffle = shuffle
+        self.batch_size = batch_size
+        #: The epoch of the latest iterator (a trainer can check it against its own).
+        self.serving: int | None = None
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iterator serves ``epoch`` from its batch ``batches_done`` on (once)."""
+        self._resume = (epoch, batches_done)
+
+    def __len__(self) -> int:
+        # The full epoch, also when resuming: the trainer counts the skipped batches as done.
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self._resume or (self.epoch(), 0)
+        self._resume, self.serving = None, epoch
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        sample_seeds = torch.randint(2**62, (self.size,), generator=generator)
+        for index in order[skip * self.batch_size :].tolist():
+            yield index, int(sample_seeds[index])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` computed under the sample's own seed: ``samples[(index, seed)]``.
+
+    The global generators of torch (CPU), Python and NumPy are seeded for the call and put back
+    afterwards, so the caller's random state (the training process when ``num_workers`` is 0)
+    is untouched.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        torch_state, python_state = torch.default_generator.get_state(), random.getstate()
+        numpy_state = np.random.get_state()
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.default_generator.set_state(torch_state)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
