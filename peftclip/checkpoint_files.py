@@ -86,10 +86,11 @@ def unreadable_reason(error: Exception) -> str:
         return "truncated or not a torch file"  # the zip reader's errno says nothing more
     # torch's messages: a long preamble, then what it could not read.
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return f"truncated or not a torch file: {detail[1].strip() if detail else _first_line(error)}"
+    reason = detail[1].strip() if detail else _first_sentence(error)
+    return f"truncated or not a torch file: {reason}"
 
 
-def _first_line(error: Exception) -> str:
+def _first_sentence(error: Exception) -> str:
     """The first sentence of ``error``'s message (torch appends paragraphs of advice)."""
     lines = str(error).strip().splitlines()
     return re.split(r"(?<=\.)\s", lines[0], maxsplit=1)[0] if lines else type(error).__name__
@@ -167,7 +168,7 @@ def read_release(path: str | Path) -> dict:
             the sidecar has no ``peftclip`` section.
     """
     if not Path(path).exists():
-        raise missing_file(path, "release")
+        raise missing_file(path)  # the wording of every --ckpt_path
     sidecar_path, tensors_path = release_files(path)
     if not sidecar_path.is_file():
         raise not_a_release(path, f"there is no {sidecar_path.name} beside the tensors")
@@ -196,10 +197,13 @@ def read_release(path: str | Path) -> dict:
         state_dict = load_file(str(tensors_path))
     except SafetensorError as error:
         raise not_a_release(path, f"{tensors_path.name} is no safetensors file: {error}") from None
+    hyper_parameters = sidecar.get("hyper_parameters") or {}
+    if not isinstance(hyper_parameters, dict):
+        raise not_a_release(path, f"its hyper_parameters are a {type(hyper_parameters).__name__}")
     checkpoint = {
         "state_dict": state_dict,
         "peftclip": sidecar.get("peftclip"),
-        "hyper_parameters": sidecar.get("hyper_parameters") or {},
+        "hyper_parameters": hyper_parameters,
         "epoch": sidecar.get("epoch"),
         "global_step": sidecar.get("global_step"),
     }

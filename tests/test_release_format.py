@@ -239,7 +239,7 @@ def test_a_damaged_release_is_one_line_and_exit_2(coop_release, tmp_path, capsys
 def test_a_missing_release_folder_has_the_checkpoint_wording(tmp_path, capsys):
     missing = tmp_path / "nowhere.json"
     code = main(["test", *_recipe("coop"), *QUIET, "--ckpt_path", str(missing)])
-    _one_line_error(capsys, code, f"release {missing} does not exist; check the path.")
+    _one_line_error(capsys, code, f"checkpoint {missing} does not exist; check the path.")
 
 
 def test_a_release_onto_another_recipe_gives_the_checkpoint_errors(coop_release, capsys):
