@@ -6,24 +6,37 @@
 * ``--format peft``: write the LoRA tensors in peft's adapter format (``adapter_config.json`` +
   ``adapter_model.safetensors``). Its module names are those of peftclip's split-attention
   model (``transformer.resblocks.0.attn.q``), so it loads onto a peftclip backbone.
+* ``--format release``: any adapter composition as a release folder that loads without pickle
+  (``adapters.safetensors`` + the JSON sidecar ``adapters.json``); ``peftclip test --ckpt_path
+  FOLDER`` loads it like the checkpoint (docs/checkpoints.md).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 from safetensors.torch import save_file
 from torch import nn
 
+import peftclip
 from peftclip.adapters import Adapter, LoRA, WeightSpaceAdapter
-from peftclip.atomic_files import atomic_path
+from peftclip.atomic_files import atomic_path, write_text_atomically
 from peftclip.backbone import FrozenClip
 from peftclip.backbone.attention import SplitAttention
+from peftclip.checkpoint_files import (
+    RELEASE_FORMAT,
+    RELEASE_SIDECAR,
+    RELEASE_TENSORS,
+    file_sha256,
+    read_checkpoint,
+)
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import PeftClipCLI
 
@@ -108,6 +121,57 @@ def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
     return output
 
 
+def save_release(checkpoint: dict, output: str | Path, recipe: dict | None = None) -> Path:
+    """Writes a peftclip checkpoint as a release folder that loads without pickle.
+
+    ``output/adapters.safetensors`` holds the checkpoint's adapter tensors exactly (contiguous,
+    on the CPU); ``output/adapters.json`` its ``peftclip`` section (backbone identity, adapters,
+    precision profile, summaries), hyper-parameters, epoch and step, the SHA-256 of the tensors
+    file, and ``recipe``. Each file is written atomically, the tensors first: an interrupted
+    export leaves the previous files, or new tensors that the old sidecar's SHA-256 refuses.
+
+    Args:
+        checkpoint: What :func:`peftclip.checkpoint_files.read_checkpoint` returned.
+        output: The release folder (created if needed).
+        recipe: What to pair the release with, e.g. ``{"config": [...], "model": {...}}``.
+
+    Raises:
+        PeftClipError: The state dict holds something besides tensors.
+    """
+    output = Path(output)
+    tensors = {}
+    for key, value in checkpoint["state_dict"].items():
+        if not isinstance(value, torch.Tensor):
+            raise PeftClipError(
+                f"checkpoint entry {key} is a {type(value).__name__}, not a tensor; a release "
+                "holds adapter tensors only."
+            )
+        # A copy: safetensors refuses tensors that share memory, and wants them contiguous.
+        tensors[key] = value.detach().cpu().clone(memory_format=torch.contiguous_format)
+    tensors_path = output / RELEASE_TENSORS
+    with atomic_path(tensors_path) as partial:
+        save_file(tensors, str(partial))
+    sidecar = {
+        "format": RELEASE_FORMAT,
+        "peftclip_version": peftclip.__version__,
+        "tensors": {"file": RELEASE_TENSORS, "sha256": file_sha256(tensors_path)},
+        "peftclip": checkpoint["peftclip"],
+        "hyper_parameters": checkpoint.get("hyper_parameters") or {},
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "recipe": recipe or {},
+    }
+    write_text_atomically(output / RELEASE_SIDECAR, json.dumps(sidecar, indent=2) + "\n")
+    return output
+
+
+def _recipe_of(cli: PeftClipCLI) -> dict:
+    """The recipe files and the resolved ``model`` section a release is to be paired with."""
+    resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    configs = [str(path) for path in cli.config.get("config") or []]
+    return {"config": configs, "model": resolved["model"]}
+
+
 class ExportCLI(PeftClipCLI):
     """Exports a trained adapter as open_clip weights, a peft adapter or the official format.
 
@@ -118,16 +182,23 @@ class ExportCLI(PeftClipCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt_path", required=True, help="adapter checkpoint of peftclip fit")
         parser.add_argument(
-            "--output", required=True, help="file (open_clip; .safetensors or .pt) or folder (peft)"
+            "--ckpt_path",
+            required=True,
+            help="adapter checkpoint of peftclip fit, or a release folder (--format release)",
+        )
+        parser.add_argument(
+            "--output",
+            required=True,
+            help="file (open_clip: .safetensors or .pt; official) or folder (peft, release)",
         )
         parser.add_argument(
             "--format",
-            type=Literal["open_clip", "peft", "official"],
+            type=Literal["open_clip", "peft", "official", "release"],
             default="open_clip",
-            help="merged open_clip weights, the LoRA tensors in peft's adapter format, or the "
-            "adapter under the official code's names and layout (CoOp, CoCoOp, MaPLe, CLIP-SVD)",
+            help="merged open_clip weights, the LoRA tensors in peft's adapter format, the "
+            "adapter under the official code's names and layout (CoOp, CoCoOp, MaPLe, CLIP-SVD), "
+            "or a release: any adapters as safetensors + a JSON sidecar, loaded without pickle",
         )
 
 
@@ -144,6 +215,8 @@ def export_command(args: list[str]) -> int:
         from peftclip.official_checkpoints import save_official
 
         written = save_official(model, cli.config.ckpt_path, output)
+    elif export_format == "release":
+        written = save_release(read_checkpoint(cli.config.ckpt_path), output, _recipe_of(cli))
     else:
         merge_weight_space_adapters(model.adapters)
         written = save_open_clip(model.backbone, output)
@@ -153,4 +226,8 @@ def export_command(args: list[str]) -> int:
             f"load it with open_clip.create_model({model.backbone.identity.model_name!r}, "
             f"pretrained={str(written)!r})"
         )
+    elif export_format == "release":
+        recipes = " ".join(f"--config {path}" for path in cli.config.get("config") or [])
+        recipes = recipes or "--config RECIPE.yaml"
+        print(f"load it with peftclip test {recipes} --ckpt_path {written}")
     return 0

@@ -28,8 +28,6 @@ The official formats, as their code writes them:
 from __future__ import annotations
 
 import inspect
-import pickle
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +44,13 @@ from peftclip.adapters.official_names import (
     shape_mismatch,
 )
 from peftclip.atomic_files import atomic_path
-from peftclip.checkpoint_files import missing_file, read_checkpoint
+from peftclip.checkpoint_files import (
+    TORCH_READ_ERRORS,
+    missing_file,
+    read_checkpoint,
+    refused_global,
+    unreadable_reason,
+)
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import LightningArgumentParser, PeftClipCLI
 from peftclip.lightning.module import PeftClipModule
@@ -122,11 +126,16 @@ def _load(path: Path, trust_pickle: bool) -> object:
     # (Dassl files hold the scheduler object); everything else goes through checkpoint_files.
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        what = f"a {refused[1]}" if refused else "Dassl saves its learning-rate scheduler object"
+    except TORCH_READ_ERRORS as error:
+        refused = refused_global(error)
+        if refused is None:  # truncated or foreign, whatever the unpickler was allowed
+            raise PeftClipError(
+                f"{path} is not an official checkpoint torch can read ({unreadable_reason(error)})"
+                "; give the complete file the official code saved (download it again if it was "
+                "cut short)."
+            ) from None
         raise PeftClipError(
-            f"{path} holds pickled Python objects besides tensors ({what}); torch refuses to "
+            f"{path} holds pickled Python objects besides tensors (a {refused}); torch refuses to "
             "unpickle them by default because that can run code from the file. If you trust the "
             "file (e.g. the authors' own release), import it with trust_pickle "
             "(--trust_pickle true)."

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from peftclip.adapters import Adapter, adapter_class_path, get_adapter_class, list_adapters
-from peftclip.checkpoint_files import read_checkpoint
+from peftclip.checkpoint_files import is_release, read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
@@ -184,13 +184,45 @@ class PeftClipCLI(LightningCLI):
         LightningCLI reads the file here first (for its hyperparameters), before the trainer
         reads it again; both only after it passed :func:`read_checkpoint`, so each refusal is
         one line and nothing in the file ever runs. Lightning's own names (``last``, ``best``,
-        ``hpc``) are resolved by the trainer; see :meth:`_require_last_checkpoint`.
+        ``hpc``) are resolved by the trainer; see :meth:`_require_last_checkpoint`. A release
+        folder (``peftclip export --format release``) takes the same hyper-parameters from its
+        sidecar; :meth:`_prepare_subcommand_kwargs` loads its tensors.
+
+        Raises:
+            PeftClipError: The checkpoint cannot be read, or ``fit`` is given a release.
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path is not None and ckpt_path not in LIGHTNING_CHECKPOINT_NAMES:
-            read_checkpoint(ckpt_path)
-        super()._parse_ckpt_path()
+        if ckpt_path is None or ckpt_path in LIGHTNING_CHECKPOINT_NAMES:
+            return super()._parse_ckpt_path()
+        checkpoint = read_checkpoint(ckpt_path)
+        if not is_release(ckpt_path):
+            return super()._parse_ckpt_path()
+        if subcommand == "fit":
+            raise PeftClipError(
+                f"--ckpt_path {ckpt_path} is an adapter release: it holds the adapter tensors but "
+                "no training state to resume. `peftclip fit --ckpt_path` takes a .ckpt of "
+                "`peftclip fit`; evaluate a release with `peftclip test` or `validate`."
+            )
+        # What Lightning does with a .ckpt's hyper-parameters, from the release's JSON sidecar.
+        hparams = dict(checkpoint["hyper_parameters"])
+        hparams.pop("_instantiator", None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        return None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """The trainer's arguments; a release ``--ckpt_path`` is loaded into the model here.
+
+        The trainer reads torch checkpoints only, so it gets ``ckpt_path=None`` and evaluates
+        the loaded adapters; the checks and errors are the checkpoint's own
+        (:meth:`PeftClipModule.load_adapter_checkpoint`).
+        """
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if is_release(kwargs.get("ckpt_path")):
+            self.model.load_adapter_checkpoint(kwargs["ckpt_path"])
+            kwargs["ckpt_path"] = None
+        return kwargs
 
     def _require_last_checkpoint(self) -> None:
         """``--ckpt_path last`` with nothing to resume is an error, not a fresh start.
