@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -114,10 +116,14 @@ def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
     if lora.merged:
         raise PeftClipError("unmerge the lora adapter before exporting it in peft's format.")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    lora.peft_config.save_pretrained(str(output))
     state = {k: v.detach().cpu().contiguous() for k, v in lora.peft_state_dict().items()}
-    save_file(state, str(output / "adapter_model.safetensors"))
+    with atomic_path(output / "adapter_model.safetensors") as partial:
+        save_file(state, str(partial))
+    # peft writes its config in place; it is staged in a folder of its own and renamed in.
+    with atomic_path(output / "adapter_config.json") as partial:
+        with tempfile.TemporaryDirectory(dir=output) as staging:
+            lora.peft_config.save_pretrained(staging)
+            os.replace(Path(staging) / "adapter_config.json", partial)
     return output
 
 

@@ -495,7 +495,8 @@ class PeftClipModule(L.LightningModule):
         return shape_mismatch(adapter, f"checkpoint tensor '{tensor}'", found, tensor, expected)
 
     def load_adapter_checkpoint(self, path: str) -> None:
-        """Loads the adapters of a ``peftclip fit`` checkpoint (backbone identity checked).
+        """Loads the adapters of a ``peftclip fit`` checkpoint or an adapter release folder
+        (``peftclip export --format release``); the backbone identity is checked.
 
         Raises:
             PeftClipError: The file is absent, not a peftclip checkpoint, would run code when
