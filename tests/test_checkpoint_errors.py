@@ -115,7 +115,7 @@ def test_a_coop_checkpoint_of_another_n_ctx_names_adapter_tensor_shapes_and_sett
 def test_resuming_last_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys):
     args = ["fit", *RECIPE, *_run_dir(tmp_path), "--trainer.max_steps", "1"]
     code = main([*args, "--ckpt_path", "last"])
-    _one_line_error(capsys, code, "--ckpt_path last: there is no checkpoint to resume under")
+    _one_line_error(capsys, code, "--ckpt_path last: there is no fit run with a checkpoint under")
     assert not list(tmp_path.rglob("*.ckpt"))  # it did not train from scratch
 
 

@@ -73,8 +73,8 @@ def _tiny_args(recipe: Path, data_root: Path, run_dir: Path) -> list[str]:
 def _fit_one_step(recipe: Path, args: list[str], run_dir: Path) -> Path:
     assert main(["fit", "--config", str(recipe), *args, "--trainer.max_steps", "1",
                  "--trainer.limit_train_batches", "1"]) == 0  # fmt: skip
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"  # ModelCheckpoint(save_last) of the recipe
-    assert checkpoint.is_file()
+    # ModelCheckpoint(save_last) of the recipe, in the fit's run folder
+    (checkpoint,) = run_dir.glob("*-fit-*/checkpoints/last.ckpt")
     return checkpoint
 
 

@@ -59,8 +59,10 @@ def _assert_same_training_state(expected: dict, found: dict) -> None:
     assert found["lr_schedulers"] == expected["lr_schedulers"]
 
 
-def _last_checkpoint(run_dir: Path) -> dict:
-    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+def _last_checkpoint(root: Path) -> dict:
+    """``last.ckpt`` of the (one) fit run under ``root``: a resumed fit continues in its folder."""
+    (checkpoint,) = root.glob("*-fit-*/checkpoints/last.ckpt")
+    return read_checkpoint(checkpoint)
 
 
 def _crash_steps() -> list[tuple[str, int]]:

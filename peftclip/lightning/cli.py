@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 import sys
 import typing
 from argparse import ArgumentError
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser, get_loader, set_loader
+from jsonargparse import ArgumentParser, Namespace, get_loader, set_loader
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -20,11 +23,13 @@ from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
 from peftclip.lightning.resume import CheckpointOnSigterm
+from peftclip.runs import CHECKPOINTS, new_run_dir, resolve_run_checkpoint
 
 PARSER_MODE = "peftclip"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-#: ``--ckpt_path`` values the trainer resolves to a file itself.
-LIGHTNING_CHECKPOINT_NAMES = ("last", "best", "hpc")
+#: ``--ckpt_path`` values the trainer resolves to a file itself (``last`` is a run's, see
+#: peftclip.runs).
+LIGHTNING_CHECKPOINT_NAMES = ("best", "hpc")
 
 
 def resolve_adapter_names(value: Any, key: str | None = None) -> Any:
@@ -146,14 +151,38 @@ def _unknown_key_message(parser: ArgumentParser, key: str) -> str:
     return f"unknown option '{key}'; {hint}`{prog} --help` lists every option."
 
 
+def _log_to_file(path: Path) -> None:
+    """Copies Lightning's and peftclip's log messages into the run's ``log.txt``."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("lightning.pytorch", "lightning.fabric", "peftclip"):
+        logging.getLogger(name).addHandler(handler)
+
+
 class PeftClipCLI(LightningCLI):
     """``peftclip fit|validate|test --config recipe.yaml`` (LightningCLI)."""
 
     def __init__(
-        self, args=None, run: bool = True, prog: str = "peftclip", description=None, **kwargs
+        self,
+        args=None,
+        run: bool = True,
+        prog: str = "peftclip",
+        description=None,
+        run_kind: str | None = None,
+        **kwargs,
     ) -> None:
+        """Args (besides LightningCLI's):
+            prog: The command's name in its usage line.
+            description: The command's help text.
+            run_kind: The command that writes a run folder (peftclip.runs) when ``run`` is
+                false, e.g. ``base2new``; the Lightning subcommands always do, and commands
+                that only read (``export``) leave it ``None``.
+        """
         _int_before_float()
         self._lightning_subcommands = run  # fit / validate / test: --allow_untrained
+        self._run_kind = run_kind
+        self._resumed_run: Path | None = None
+        self._run_dir: Path | None = None
         if isinstance(args, list | None):
             _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
@@ -170,7 +199,7 @@ class PeftClipCLI(LightningCLI):
             args=args,
             run=run,
             parser_kwargs=parser_kwargs,
-            save_config_kwargs={"overwrite": True},
+            save_config_kwargs={"overwrite": False},
             # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd; a
             # pre-empted fit (SIGTERM) saves last.ckpt before it exits (docs/resuming.md).
             trainer_defaults={"default_root_dir": "runs", "callbacks": [CheckpointOnSigterm()]},
@@ -184,7 +213,8 @@ class PeftClipCLI(LightningCLI):
         LightningCLI reads the file here first (for its hyperparameters), before the trainer
         reads it again; both only after it passed :func:`read_checkpoint`, so each refusal is
         one line and nothing in the file ever runs. Lightning's own names (``last``, ``best``,
-        ``hpc``) are resolved by the trainer; see :meth:`_require_last_checkpoint`. A release
+        ``hpc``) are resolved by the trainer, after ``last`` and run ids were resolved to a run's
+        checkpoint (:meth:`_resolve_run_checkpoint`). A release
         folder (``peftclip export --format release``) takes the same hyper-parameters from its
         sidecar; :meth:`_prepare_subcommand_kwargs` loads its tensors.
 
@@ -193,6 +223,8 @@ class PeftClipCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None:
+            ckpt_path = self._resolve_run_checkpoint(subcommand, ckpt_path)
         if ckpt_path is None or ckpt_path in LIGHTNING_CHECKPOINT_NAMES:
             return super()._parse_ckpt_path()
         checkpoint = read_checkpoint(ckpt_path)
@@ -224,27 +256,46 @@ class PeftClipCLI(LightningCLI):
             kwargs["ckpt_path"] = None
         return kwargs
 
-    def _require_last_checkpoint(self) -> None:
-        """``--ckpt_path last`` with nothing to resume is an error, not a fresh start.
+    def _resolve_run_checkpoint(self, subcommand: str, ckpt_path: str) -> str:
+        """``--ckpt_path last`` / ``RUN_ID`` / a run folder → that fit run's ``last.ckpt``
+        (peftclip.runs); a resumed fit continues in the run's own folder."""
+        config = self.config[subcommand]
+        found = resolve_run_checkpoint(ckpt_path, config.trainer.default_root_dir)
+        if found is None:
+            return ckpt_path
+        run_dir, checkpoint = found
+        if subcommand == "fit":
+            self._resumed_run = run_dir
+        config.ckpt_path = str(checkpoint)
+        return config.ckpt_path
 
-        Lightning only warns and trains from scratch, which hides a wrong
-        ``trainer.default_root_dir`` behind hours of repeated work.
-        """
-        if self.config_init[self.subcommand].get("ckpt_path") != "last":
+    def before_instantiate_classes(self) -> None:
+        """Gives the run a folder of its own (``trainer.default_root_dir``) with a CSV log of
+        its metrics, unless the recipe turned logging off; a resumed fit keeps its folder and
+        saves this invocation's config beside the first."""
+        kind = self.subcommand or self._run_kind
+        if kind is None:
             return
-        callbacks = [
-            cb for cb in self.trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
-        ]
-        # What the trainer's own resolution of "last" looks for (last*.ckpt in each folder).
-        if not any(callback._find_last_checkpoints(self.trainer) for callback in callbacks):
-            raise PeftClipError(
-                f"--ckpt_path last: there is no checkpoint to resume under "
-                f"{self.trainer.default_root_dir} (no last*.ckpt: a ModelCheckpoint with "
-                "save_last: true writes one); give a checkpoint file, or leave --ckpt_path out to "
-                "start from scratch."
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config_name = "config.yaml"
+        if self._resumed_run is not None:
+            run_dir = self._resumed_run
+            config_name = f"config.resumed-{datetime.now(UTC):%Y%m%d-%H%M%S}.yaml"
+        else:
+            text = self.parser.dump(self.config, skip_none=False, skip_validation=True)
+            run_dir = new_run_dir(config.trainer.default_root_dir, kind, text)
+        self._run_dir = run_dir
+        config.trainer.default_root_dir = str(run_dir)
+        # The config beside the checkpoints, whatever folder the logger picks (an absolute
+        # file name survives SaveConfigCallback's join with the log folder).
+        self.save_config_kwargs["config_filename"] = str(run_dir / config_name)
+        if config.trainer.logger in (None, True):
+            # logs/version_N/metrics.csv: a resumed fit logs beside, never over, the first.
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=str(run_dir), name="logs"),
             )
-
-    before_fit = _require_last_checkpoint
+        _log_to_file(run_dir / "log.txt")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         if self._lightning_subcommands:
@@ -256,10 +307,19 @@ class PeftClipCLI(LightningCLI):
                 "initialisation, without --ckpt_path (fit ignores it)",
             )
 
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """LightningCLI's trainer, with checkpoints in the run's ``checkpoints/`` (a
+        ``ModelCheckpoint`` of the recipe without a ``dirpath`` would follow the logger)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if self._run_dir is not None:
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                    callback.dirpath = str(self._run_dir / CHECKPOINTS)
+        return trainer
+
     def _require_trained_adapters(self) -> None:
         """Evaluating a method without its checkpoint is refused unless asked for: it would
         report the untrained adapters' accuracy as the method's."""
-        self._require_last_checkpoint()
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") is not None or config.get("allow_untrained"):
             return

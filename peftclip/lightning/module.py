@@ -125,6 +125,9 @@ class PeftClipModule(L.LightningModule):
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         # A method fitted from data has no optimizer on purpose (zero optimizer steps).
         warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` return")
+        # Every run has a folder of its own (peftclip.runs): a test's checkpoint folder is
+        # never the fit's, and Lightning's warning about that says nothing to act on.
+        warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         # The data module resumes its order mid-epoch itself (docs/resuming.md).
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended")
         # The backbone is recorded by identity (weights hash) in every checkpoint instead: as an
