@@ -120,10 +120,12 @@ def save_peft(adapters: Sequence[Adapter], output: str | Path) -> Path:
     with atomic_path(output / "adapter_model.safetensors") as partial:
         save_file(state, str(partial))
     # peft writes its config in place; it is staged in a folder of its own and renamed in.
-    with atomic_path(output / "adapter_config.json") as partial:
-        with tempfile.TemporaryDirectory(dir=output) as staging:
-            lora.peft_config.save_pretrained(staging)
-            os.replace(Path(staging) / "adapter_config.json", partial)
+    with (
+        atomic_path(output / "adapter_config.json") as partial,
+        tempfile.TemporaryDirectory(dir=output) as staging,
+    ):
+        lora.peft_config.save_pretrained(staging)
+        os.replace(Path(staging) / "adapter_config.json", partial)
     return output
 
 

@@ -69,3 +69,16 @@ class RecordMetrics(L.Callback):
     def on_train_end(self, trainer, *args) -> None:
         values = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
         Path(self.path).write_text(json.dumps({"step": trainer.global_step, **values}))
+
+
+class PoisonAt(L.Callback):
+    """Makes the adapters' parameters NaN before the step after ``step`` (a diverged run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, *args) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                for parameter in module.adapters.parameters():
+                    parameter.fill_(float("nan"))

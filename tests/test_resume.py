@@ -200,3 +200,16 @@ def test_the_sampler_serves_every_sample_once_per_epoch():
     sampler.resume_at(1, 2)
     assert [index for index, _ in sampler] == second[6:]
     assert [index for index, _ in sampler] == second  # the resume point is used once
+
+
+def test_a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    from peftclip.cli import main
+
+    run_dir = tmp_path / "run"
+    status = main(_fit_args("coop", run_dir, *_callback("PoisonAt", step=5)))
+    assert status == 2
+    (message,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert "training loss became nan at step 5" in message
+    saved = _last_checkpoint(run_dir)
+    assert saved["global_step"] == 5
+    assert all(torch.isfinite(tensor).all() for tensor in saved["state_dict"].values())
