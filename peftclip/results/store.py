@@ -86,6 +86,10 @@ _JSON_COLUMNS = ("cell", "metrics")
 _CELL_COLUMNS = ("cell_key", "protocol", "cell", "status", "error", "attempts", "updated_at")
 
 
+def _writable(path: Path) -> bool:
+    return not path.exists() or os.access(path, os.W_OK)
+
+
 def default_db_path() -> Path:
     """``$PEFTCLIP_RESULTS_DB`` if set, else ``runs/results.sqlite``."""
     return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
@@ -317,6 +321,11 @@ class ResultsStore:
                     f"cannot make the folder of the results database {self.path} ({error}); "
                     f"give a writable place with --db PATH or ${ENV_VAR}."
                 ) from error
+            # In WAL mode SQLite finds a read-only file only at the first write (BEGIN
+            # IMMEDIATE passes); a writer should learn it before it runs anything.
+            unwritable = [p for p in (self.path, self.path.parent) if not _writable(p)]
+            if unwritable:
+                raise PeftClipError(self._explain_read_only(f"cannot write to {unwritable[0]}"))
             target, uri = str(self.path), False
         with self._sqlite_errors("opening it"):
             # isolation_level=None: no implicit transactions; every write below says BEGIN and
@@ -418,10 +427,7 @@ class ResultsStore:
                 f"({doing}); let the process that writes to it finish and run this again."
             )
         if name.startswith("SQLITE_READONLY"):
-            return (
-                f"{where} is read-only ({doing} writes to it); make the file and its folder "
-                f"writable, or {elsewhere}."
-            )
+            return self._explain_read_only(f"{doing} writes to it")
         if name.startswith("SQLITE_CANTOPEN"):
             return f"cannot open {where} ({doing}): {error}; check its folder, or {elsewhere}."
         if name.startswith("SQLITE_NOTADB"):
@@ -431,6 +437,12 @@ class ResultsStore:
         if name.startswith("SQLITE_FULL"):
             return f"the disk of {where} is full ({doing}); free some space and run this again."
         return f"{where}: {error} ({doing}); {elsewhere}."
+
+    def _explain_read_only(self, reason: str) -> str:
+        return (
+            f"the results database {self.path} is read-only ({reason}); make the file and its "
+            f"folder writable, or give another database with --db PATH or ${ENV_VAR}."
+        )
 
     # Rows
 
