@@ -163,20 +163,22 @@ def _checked_metrics(metrics: dict) -> dict:
     return {**metrics, "top1": top1, "macro_f1": metrics.get("macro_f1")}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ResultRecord:
     """One evaluation of one run: what was evaluated, the outcome and how it was produced.
 
-    ``record_id``, ``cell_key``, ``protocol``, ``method``, ``dataset``, ``shots`` and ``seed``
-    are derived (from the run, the evaluation and the cell); the others are given.
+    Made from keyword arguments. ``record_id``, ``protocol``, ``method``, ``dataset``,
+    ``shots``, ``seed`` and ``cell_key`` are derived (from the run, the evaluation and the
+    cell); the others are given.
 
     Attributes:
+        record_id: A hash of (run_id, evaluation, split).
         run_id: The run (its run directory) that produced the record.
-        cell: The cell's identity, JSON-able: at least ``protocol`` (few_shot, base2new, dg, xd,
-            single, continual, ...), ``dataset`` (the training dataset), ``methods`` (a list of
-            ``{"name": ..., "config": {...}}`` in composition order; empty for zero-shot),
-            ``shots`` and ``seed`` (ints, or None); typically also ``backbone`` (model name,
-            pretrained tag, weights' sha256), ``profile`` and ``overrides``.
+        protocol: ``cell["protocol"]``.
+        method: The adapters' names joined by ``+`` (``zeroshot`` without adapters).
+        dataset: ``cell["dataset"]``.
+        shots: ``cell["shots"]``.
+        seed: ``cell["seed"]``.
         evaluation: The evaluated dataset (the training one, or e.g. a domain-generalization
             target).
         split: What of it was evaluated: ``test``; ``base`` / ``new`` (the class halves of
@@ -184,49 +186,48 @@ class ResultRecord:
         metrics: ``correct`` and ``total`` (per-class image counts, lists of ints, in label
             order), ``top1`` (in %, computed from the counts), ``macro_f1`` (in %, or None) and
             any further JSON-able values.
+        selection_rule: Which checkpoint was evaluated: ``last`` or ``best_val``.
         trainable_params: Trainable parameters of the evaluated model.
         wall_time_s: Seconds the run took (training and evaluation).
-        recipe: The resolved recipe (config text) of the run.
-        selection_rule: Which checkpoint was evaluated: ``last`` or ``best_val``.
         peak_memory_mb: Peak accelerator memory of the run in MiB (None: not measured, e.g. CPU).
         throughput: Training images per second (None: the run did not train, or not measured).
         peftclip_version: The peftclip that produced the record.
         git_commit: The peftclip checkout's commit (None: not a git checkout).
         created_at: When the record was made (UTC, ISO 8601).
-        record_id: A hash of (run_id, evaluation, split).
         cell_key: A hash of ``cell`` (:func:`cell_key`).
-        protocol: ``cell["protocol"]``.
-        method: The adapters' names joined by ``+`` (``zeroshot`` without adapters).
-        dataset: ``cell["dataset"]``.
-        shots: ``cell["shots"]``.
-        seed: ``cell["seed"]``.
+        cell: The cell's identity, JSON-able: at least ``protocol`` (few_shot, base2new, dg, xd,
+            single, continual, ...), ``dataset`` (the training dataset), ``methods`` (a list of
+            ``{"name": ..., "config": {...}}`` in composition order; empty for zero-shot),
+            ``shots`` and ``seed`` (ints, or None); typically also ``backbone`` (model name,
+            pretrained tag, weights' sha256), ``profile`` and ``overrides``.
+        recipe: The resolved recipe (config text) of the run.
 
     Raises:
         ValueError: A field is missing, of the wrong type or not JSON-able, or ``top1``
             disagrees with the counts.
     """
 
-    run_id: str
-    cell: dict
-    evaluation: str
-    metrics: dict
-    trainable_params: int
-    wall_time_s: float
-    recipe: str
-    split: str = "test"
-    selection_rule: str = "last"
-    peak_memory_mb: float | None = None
-    throughput: float | None = None
-    peftclip_version: str = peftclip.__version__
-    git_commit: str | None = field(default_factory=current_git_commit)
-    created_at: str = field(default_factory=utc_now)
     record_id: str = field(init=False)
-    cell_key: str = field(init=False)
+    run_id: str
     protocol: str = field(init=False)
     method: str = field(init=False)
     dataset: str = field(init=False)
     shots: int | None = field(init=False)
     seed: int | None = field(init=False)
+    evaluation: str
+    split: str = "test"
+    metrics: dict
+    selection_rule: str = "last"
+    trainable_params: int
+    wall_time_s: float
+    peak_memory_mb: float | None = None
+    throughput: float | None = None
+    peftclip_version: str = peftclip.__version__
+    git_commit: str | None = field(default_factory=current_git_commit)
+    created_at: str = field(default_factory=utc_now)
+    cell_key: str = field(init=False)
+    cell: dict
+    recipe: str
 
     def __post_init__(self) -> None:
         for name in ("run_id", "evaluation", "split", "recipe", "peftclip_version", "created_at"):
