@@ -242,7 +242,8 @@ class ResultsStore:
         cell_key: str | None = None,
         run_id: str | None = None,
     ) -> list[ResultRecord]:
-        """The stored records that match every filter given (None: any), oldest first."""
+        """The stored records that match every filter given (None: any), oldest first
+        (in the order they were stored within a second)."""
         filters = {
             "protocol": protocol,
             "dataset": dataset,
@@ -483,7 +484,7 @@ class ResultsStore:
         with self._sqlite_errors("reading records"):
             rows = self._connection.execute(
                 f"SELECT {', '.join(_RECORD_COLUMNS)} FROM records WHERE {where} "
-                "ORDER BY created_at, record_id",
+                "ORDER BY created_at, rowid",  # rowid: the order they were stored in
                 parameters,
             ).fetchall()
         records = []
