@@ -24,7 +24,7 @@ def make_cell(dataset="oxford_pets", seed=1, shots=16, protocol="few_shot", **ex
         "protocol": protocol,
         "dataset": dataset,
         "methods": [{"name": "coop", "config": {"n_ctx": 16, "csc": False}}],
-        "backbone": {"model_name": "ViT-B-16", "pretrained": "openai", "sha256": "ab" * 32},
+        "backbone": {"model_name": "ViT-B-16", "pretrained": "openai", "weights_sha256": "ab" * 32},
         "profile": "modern",
         "shots": shots,
         "seed": seed,

@@ -199,7 +199,8 @@ class ResultRecord:
             single, continual, ...), ``dataset`` (the training dataset), ``methods`` (a list of
             ``{"name": ..., "config": {...}}`` in composition order; empty for zero-shot),
             ``shots`` and ``seed`` (ints, or None); typically also ``backbone`` (model name,
-            pretrained tag, weights' sha256), ``profile`` and ``overrides``.
+            pretrained tag, ``weights_sha256``: docs/checkpoints.md#backbone-identity),
+            ``profile`` and ``overrides``.
         recipe: The resolved recipe (config text) of the run.
 
     Raises:
