@@ -177,6 +177,11 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "pretrain": Lazy("peftclip.world.command:WorldPretrainCommand"),
         "evaluate": Lazy("peftclip.world.command:world_evaluate_command"),
     },
+    "results": {
+        "list": Lazy("peftclip.results.commands:results_list_command"),
+        "show": Lazy("peftclip.results.commands:results_show_command"),
+        "export": Lazy("peftclip.results.commands:results_export_command"),
+    },
 }
 
 EXAMPLES = """\
