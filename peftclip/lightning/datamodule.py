@@ -49,6 +49,9 @@ class PeftClipDataModule(L.LightningDataModule):
             ``{dataset: NAME, options: {...}}`` (e.g. ImageNet-A with ``head: masked1000``);
             metrics are logged under the dataset's name.
         batch_size: Training batch size.
+        drop_last: ``never`` keeps the last partial training batch; ``dassl`` drops it when
+            the training split has at least ``batch_size`` images (Dassl's rule, which the
+            CoOp-family code trains with: a smaller split is one partial batch per epoch).
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
         backbone: The CLIP whose transforms and input size the images get (default: the
@@ -69,6 +72,7 @@ class PeftClipDataModule(L.LightningDataModule):
         eval_transform: str = "backbone",
         eval_datasets: list[str | dict[str, Any]] | None = None,
         batch_size: int = 32,
+        drop_last: Literal["never", "dassl"] = "never",
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         backbone: BackboneSpec | dict | None = None,
@@ -98,6 +102,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.eval_datasets = list(eval_datasets or [])
         self._extra: list[ClassificationData] | None = None
         self.batch_size = batch_size
+        self.drop_last = drop_last
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self._data: ClassificationData | None = None
@@ -158,18 +163,28 @@ class PeftClipDataModule(L.LightningDataModule):
             for dataset in data.splits.values():
                 dataset.transform = evaluation
 
-    def _loader(self, split: str, shuffle: bool, data: ClassificationData | None = None):
+    def _loader(
+        self,
+        split: str,
+        shuffle: bool,
+        data: ClassificationData | None = None,
+        drop_last: bool = False,
+    ):
         return DataLoader(
             (data or self.data).splits[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self, shuffle: bool = True) -> DataLoader:
-        return self._loader("train", shuffle=shuffle)
+        """Training batches; ``shuffle=False`` is a pass over every image in order (frozen
+        features of the training split), so it never drops a batch."""
+        size = len(self.data.splits["train"])
+        drop = shuffle and self.drop_last == "dassl" and size >= self.batch_size
+        return self._loader("train", shuffle=shuffle, drop_last=drop)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", shuffle=False) if "val" in self.data.splits else []
