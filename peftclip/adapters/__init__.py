@@ -14,6 +14,7 @@ from peftclip.adapters.cocoop import CoCoOp
 from peftclip.adapters.codyra import CoDyRA
 from peftclip.adapters.coop import CoOp
 from peftclip.adapters.ivlp import IVLP, VPTDeep
+from peftclip.adapters.kgcoop import KgCoOp
 from peftclip.adapters.lora import LoRA
 from peftclip.adapters.maple import MaPLe
 from peftclip.adapters.registry import (
@@ -32,6 +33,7 @@ __all__ = [
     "CoDyRA",
     "CoOp",
     "HeadInput",
+    "KgCoOp",
     "LoRA",
     "MaPLe",
     "Prompts",
