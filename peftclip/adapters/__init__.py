@@ -17,6 +17,7 @@ from peftclip.adapters.ivlp import IVLP, VPTDeep
 from peftclip.adapters.kgcoop import KgCoOp
 from peftclip.adapters.lora import LoRA
 from peftclip.adapters.maple import MaPLe
+from peftclip.adapters.promptsrc import PromptSRC
 from peftclip.adapters.registry import (
     adapter_class_path,
     get_adapter_class,
@@ -36,6 +37,7 @@ __all__ = [
     "KgCoOp",
     "LoRA",
     "MaPLe",
+    "PromptSRC",
     "Prompts",
     "StepContext",
     "TextInput",
