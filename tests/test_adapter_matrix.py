@@ -16,6 +16,7 @@ TINY_SETTINGS = {
     "maple": {"prompt_depth": 2},
     "ivlp": {"text_depth": 2, "vision_depth": 2},
     "vpt_deep": {"vision_depth": 2},
+    "promptsrc": {"text_depth": 2, "vision_depth": 2},
 }
 
 

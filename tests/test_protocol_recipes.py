@@ -13,7 +13,7 @@ from tests.test_adapter_matrix import TINY_SETTINGS
 from tests.test_coop_datasets import WNIDS, ZHOU_DATASETS, _classnames_file, _jpeg, _zhou_tree
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-PROMPT_LEARNERS = ["coop", "cocoop", "maple", "ivlp", "vpt_deep"]
+PROMPT_LEARNERS = ["coop", "cocoop", "kgcoop", "maple", "ivlp", "promptsrc", "vpt_deep"]
 #: The evaluation datasets each protocol's recipes list (docs/protocols/few-shot.md,
 #: domain-generalization.md, cross-dataset.md).
 TARGETS = {

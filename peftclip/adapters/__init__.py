@@ -14,8 +14,10 @@ from peftclip.adapters.cocoop import CoCoOp
 from peftclip.adapters.codyra import CoDyRA
 from peftclip.adapters.coop import CoOp
 from peftclip.adapters.ivlp import IVLP, VPTDeep
+from peftclip.adapters.kgcoop import KgCoOp
 from peftclip.adapters.lora import LoRA
 from peftclip.adapters.maple import MaPLe
+from peftclip.adapters.promptsrc import PromptSRC
 from peftclip.adapters.registry import (
     adapter_class_path,
     get_adapter_class,
@@ -32,8 +34,10 @@ __all__ = [
     "CoDyRA",
     "CoOp",
     "HeadInput",
+    "KgCoOp",
     "LoRA",
     "MaPLe",
+    "PromptSRC",
     "Prompts",
     "StepContext",
     "TextInput",

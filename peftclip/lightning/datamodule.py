@@ -54,6 +54,9 @@ class PeftClipDataModule(L.LightningDataModule):
             ``{dataset: NAME, options: {...}}`` (e.g. ImageNet-A with ``head: masked1000``);
             metrics are logged under the dataset's name.
         batch_size: Training batch size.
+        drop_last: ``never`` keeps the last partial training batch; ``dassl`` drops it when
+            the training split has at least ``batch_size`` images (Dassl's rule, which the
+            CoOp-family code trains with: a smaller split is one partial batch per epoch).
         eval_batch_size: Validation/test batch size (default: ``batch_size``).
         num_workers: Dataloader worker processes.
         backbone: The CLIP whose transforms and input size the images get (default: the
@@ -74,6 +77,7 @@ class PeftClipDataModule(L.LightningDataModule):
         eval_transform: str = "backbone",
         eval_datasets: list[str | dict[str, Any]] | None = None,
         batch_size: int = 32,
+        drop_last: Literal["never", "dassl"] = "never",
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         backbone: BackboneSpec | dict | None = None,
@@ -103,6 +107,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.eval_datasets = list(eval_datasets or [])
         self._extra: list[ClassificationData] | None = None
         self.batch_size = batch_size
+        self.drop_last = drop_last
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self._data: ClassificationData | None = None
@@ -206,6 +211,8 @@ class PeftClipDataModule(L.LightningDataModule):
             SeededSamples(train),
             batch_size=self.batch_size,
             sampler=sampler,
+            # Dassl's rule; a pass over the split in order (frozen features) drops nothing.
+            drop_last=shuffle and self.drop_last == "dassl" and len(train) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0 and shuffle,
             generator=torch.Generator().manual_seed(self.order_seed),
