@@ -172,11 +172,11 @@ class PeftClipCLI(LightningCLI):
         **kwargs,
     ) -> None:
         """Args (besides LightningCLI's):
-            prog: The command's name in its usage line.
-            description: The command's help text.
-            run_kind: The command that writes a run folder (peftclip.runs) when ``run`` is
-                false, e.g. ``base2new``; the Lightning subcommands always do, and commands
-                that only read (``export``) leave it ``None``.
+        prog: The command's name in its usage line.
+        description: The command's help text.
+        run_kind: The command that writes a run folder (peftclip.runs) when ``run`` is
+            false, e.g. ``base2new``; the Lightning subcommands always do, and commands
+            that only read (``export``) leave it ``None``.
         """
         _int_before_float()
         self._lightning_subcommands = run  # fit / validate / test: --allow_untrained
