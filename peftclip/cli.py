@@ -40,6 +40,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 import typing
 import warnings
 from collections.abc import Callable
@@ -119,8 +120,11 @@ def base_to_new_command(args: list[str]) -> int:
         run=False,
         prog="peftclip base2new",
         description=inspect.getdoc(base_to_new_command),
+        run_kind="base2new",
     )
+    started = time.perf_counter()
     result = run_base_to_new(cli.model, cli.datamodule, cli.trainer)
+    cli.record_base_to_new(result, time.perf_counter() - started)
     method = "+".join(a.name for a in cli.model.adapters) or "no adapter"
     print(
         f"\nbase-to-new on {cli.datamodule.dataset_name}, seed {cli.datamodule.seed} "

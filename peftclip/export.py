@@ -41,6 +41,7 @@ from peftclip.checkpoint_files import (
 )
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import PeftClipCLI
+from peftclip.runs import MATCHED_DATA_KEYS, resolve_run_checkpoint
 
 
 def merge_weight_space_adapters(adapters: Sequence[Adapter]) -> list[WeightSpaceAdapter]:
@@ -175,7 +176,7 @@ def save_release(checkpoint: dict, output: str | Path, recipe: dict | None = Non
 
 def _recipe_of(cli: PeftClipCLI) -> dict:
     """The recipe files and the resolved ``model`` section a release is to be paired with."""
-    resolved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    resolved = yaml.safe_load(cli.parser.dump(cli.config))
     configs = [str(path) for path in cli.config.get("config") or []]
     return {"config": configs, "model": resolved["model"]}
 
@@ -193,7 +194,8 @@ class ExportCLI(PeftClipCLI):
         parser.add_argument(
             "--ckpt_path",
             required=True,
-            help="adapter checkpoint of peftclip fit, or a release folder (--format release)",
+            help="adapter checkpoint of peftclip fit (a file, a run id, or last: the newest fit "
+            "run of the same data under trainer.default_root_dir), or a release folder",
         )
         parser.add_argument(
             "--output",
@@ -216,6 +218,10 @@ def export_command(args: list[str]) -> int:
         args=args, run=False, prog="peftclip export", description=inspect.getdoc(ExportCLI)
     )
     model, output, export_format = cli.model, cli.config.output, cli.config.format
+    data = {key: cli.config.data.get(key) for key in MATCHED_DATA_KEYS}
+    found = resolve_run_checkpoint(cli.config.ckpt_path, cli.config.trainer.default_root_dir, data)
+    if found is not None:  # `last` or a run id (peftclip.runs)
+        cli.config.ckpt_path = str(found[1])
     model.load_adapter_checkpoint(cli.config.ckpt_path)
     if export_format == "peft":
         written = save_peft(model.adapters, output)

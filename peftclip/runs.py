@@ -16,6 +16,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from peftclip.errors import PeftClipError
 
 #: The pointer at the newest run of a root.
@@ -73,25 +75,46 @@ def fit_runs(root: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: p.name)
 
 
-def resolve_run_checkpoint(value: str, root: str | Path) -> tuple[Path, Path] | None:
+#: What ``--ckpt_path last`` matches between this run and a fit run of the same root: another
+#: dataset's (or sample's) prompt must never be evaluated by mistake.
+MATCHED_DATA_KEYS = ("dataset", "shots", "seed", "subsample")
+
+
+def run_data(run_dir: Path) -> dict:
+    """The ``data`` settings a run was started with (its ``config.yaml``); ``{}`` if unread."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {key: config.get("data", {}).get(key) for key in MATCHED_DATA_KEYS}
+
+
+def resolve_run_checkpoint(
+    value: str, root: str | Path, data: dict | None = None
+) -> tuple[Path, Path] | None:
     """The ``(run folder, checkpoint)`` that ``--ckpt_path value`` names by run, if it does.
 
-    ``last`` is the newest fit run under ``root`` that has a checkpoint; a run id (a folder
-    under ``root``) or a run folder's path is that run. A checkpoint file's path is not a run:
-    ``None``.
+    ``last`` is the newest fit run under ``root`` that has a checkpoint and was trained on the
+    same ``data`` (dataset, shots, seed, class half: :data:`MATCHED_DATA_KEYS`); a run id (a
+    folder under ``root``) or a run folder's path is that run. A checkpoint file's path is not a
+    run: ``None``.
 
     Raises:
-        PeftClipError: ``last`` with no fit run holding a checkpoint under ``root``, or a run
-            folder without ``checkpoints/last.ckpt``.
+        PeftClipError: ``last`` with no such fit run under ``root``, or a run folder without
+            ``checkpoints/last.ckpt``.
     """
     if value == "last":
-        runs = [run for run in fit_runs(root) if (run / CHECKPOINTS / LAST_CHECKPOINT).is_file()]
+        saved = [run for run in fit_runs(root) if (run / CHECKPOINTS / LAST_CHECKPOINT).is_file()]
+        wanted = {key: (data or {}).get(key) for key in MATCHED_DATA_KEYS}
+        runs = [run for run in saved if data is None or run_data(run) == wanted]
         if not runs:
+            others = "; ".join(f"{run.name}: {run_data(run)}" for run in saved[-3:])
             raise PeftClipError(
-                f"--ckpt_path last: there is no fit run with a checkpoint under {root} (no "
-                f"*-fit-*/{CHECKPOINTS}/{LAST_CHECKPOINT}; a ModelCheckpoint with save_last: true "
-                "writes one); give a checkpoint file or a run id, or leave --ckpt_path out to "
-                "start from scratch."
+                f"--ckpt_path last: there is no fit run with a checkpoint under {root}"
+                + (f" trained on {wanted} (other fit runs there: {others})" if saved else "")
+                + f" (a fit run keeps */{CHECKPOINTS}/{LAST_CHECKPOINT} when a ModelCheckpoint "
+                "has save_last: true); give a checkpoint file or a run id, or leave "
+                "--ckpt_path out to start from scratch."
             )
         return runs[-1], runs[-1] / CHECKPOINTS / LAST_CHECKPOINT
     for run_dir in (Path(root) / value, Path(value)):

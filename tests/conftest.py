@@ -17,9 +17,12 @@ def tiny_backbone():
 
 @pytest.fixture(scope="session", autouse=True)
 def _user_cache(tmp_path_factory):
-    """Caches that default to ~/.cache (CLIP-SVD factors) go to a temporary folder."""
+    """Caches that default to ~/.cache (CLIP-SVD factors) and the results database go to
+    temporary folders."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        # Runs record their results (peftclip.results); never into the checkout's runs/.
+        patch.setenv("PEFTCLIP_RESULTS_DB", str(tmp_path_factory.mktemp("results") / "r.sqlite"))
         yield
 
 

@@ -22,8 +22,10 @@ from peftclip.checkpoint_files import is_release, read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
+from peftclip.lightning.results import RecordResults, trainable_parameters
 from peftclip.lightning.resume import CheckpointOnSigterm
-from peftclip.runs import CHECKPOINTS, new_run_dir, resolve_run_checkpoint
+from peftclip.results import ResultRecord, ResultsStore
+from peftclip.runs import CHECKPOINTS, MATCHED_DATA_KEYS, new_run_dir, resolve_run_checkpoint
 
 PARSER_MODE = "peftclip"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -151,6 +153,17 @@ def _unknown_key_message(parser: ArgumentParser, key: str) -> str:
     return f"unknown option '{key}'; {hint}`{prog} --help` lists every option."
 
 
+def _plain(value: Any) -> Any:
+    """A parsed config value as plain JSON-able data (a results cell)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
 def _log_to_file(path: Path) -> None:
     """Copies Lightning's and peftclip's log messages into the run's ``log.txt``."""
     handler = logging.FileHandler(path)
@@ -260,7 +273,8 @@ class PeftClipCLI(LightningCLI):
         """``--ckpt_path last`` / ``RUN_ID`` / a run folder → that fit run's ``last.ckpt``
         (peftclip.runs); a resumed fit continues in the run's own folder."""
         config = self.config[subcommand]
-        found = resolve_run_checkpoint(ckpt_path, config.trainer.default_root_dir)
+        data = {key: config.data.get(key) for key in MATCHED_DATA_KEYS}
+        found = resolve_run_checkpoint(ckpt_path, config.trainer.default_root_dir, data)
         if found is None:
             return ckpt_path
         run_dir, checkpoint = found
@@ -282,7 +296,7 @@ class PeftClipCLI(LightningCLI):
             run_dir = self._resumed_run
             config_name = f"config.resumed-{datetime.now(UTC):%Y%m%d-%H%M%S}.yaml"
         else:
-            text = self.parser.dump(self.config, skip_none=False, skip_validation=True)
+            text = self.parser.dump(self.config, skip_validation=True)
             run_dir = new_run_dir(config.trainer.default_root_dir, kind, text)
         self._run_dir = run_dir
         config.trainer.default_root_dir = str(run_dir)
@@ -297,7 +311,42 @@ class PeftClipCLI(LightningCLI):
             )
         _log_to_file(run_dir / "log.txt")
 
+    def record_base_to_new(self, result, wall_time_s: float) -> None:
+        """Stores a base-to-new run's four evaluations (zero-shot CLIP and the method, on the
+        base and the new half) in the results database."""
+        config = self.config
+        recipe = self.parser.dump(config, skip_validation=True)
+        cell = self.cell("base2new")
+        cells = {"method": cell, "zero_shot": {**cell, "methods": []}}
+        params = {"method": trainable_parameters(self.model), "zero_shot": 0}
+        # The zero-shot baseline is evaluated in the same run folder, as a run of its own.
+        run_ids = {"method": self._run_dir.name, "zero_shot": f"{self._run_dir.name}/zero-shot"}
+        records = [
+            ResultRecord(
+                run_id=run_ids[who],
+                evaluation=config.data.dataset,
+                split=half,
+                metrics=metrics,
+                trainable_params=params[who],
+                wall_time_s=wall_time_s,
+                cell=cells[who],
+                recipe=recipe,
+            )
+            for who, halves in result.counts.items()
+            for half, metrics in halves.items()
+        ]
+        with ResultsStore(config.results_db) as store:
+            store.add_all(records)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if self._lightning_subcommands or self._run_kind is not None:
+            parser.add_argument(
+                "--results_db",
+                type=str | None,
+                default=None,
+                help="the results database the run's evaluations are recorded in (default: "
+                "$PEFTCLIP_RESULTS_DB or runs/results.sqlite; docs/results.md)",
+            )
         if self._lightning_subcommands:
             parser.add_argument(
                 "--allow_untrained",
@@ -315,7 +364,34 @@ class PeftClipCLI(LightningCLI):
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                     callback.dirpath = str(self._run_dir / CHECKPOINTS)
+        if self._run_dir is not None and self.subcommand in SUBCOMMANDS:
+            config = self.config[self.subcommand]
+            recipe = self.parser.dump(self.config, skip_validation=True)
+            trainer.callbacks.append(
+                RecordResults(config.results_db, self._run_dir.name, self.cell(), recipe)
+            )
         return trainer
+
+    def cell(self, protocol: str = "single") -> dict:
+        """What identifies this run in the results database (peftclip.results): the methods
+        with their settings, the backbone (with its weights' hash), the data and the seed."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        entries = config.model.adapters or []
+        methods = [
+            {"name": adapter.name, "config": _plain(getattr(entry, "init_args", None))}
+            for adapter, entry in zip(self.model.adapters, entries, strict=True)
+        ]
+        return {
+            "protocol": protocol,
+            "dataset": config.data.dataset,
+            "methods": methods,
+            "shots": config.data.shots,
+            "seed": config.data.seed,
+            "subsample": config.data.subsample,
+            "backbone": self.model.backbone.identity.to_dict(),
+            "profile": config.model.precision_profile,
+            "seed_everything": self.config.get("seed_everything"),
+        }
 
     def _require_trained_adapters(self) -> None:
         """Evaluating a method without its checkpoint is refused unless asked for: it would

@@ -13,7 +13,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
 from rich.progress import track
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassStatScores,
+)
 
 from peftclip.adapters import Adapter, StepContext, TrainingFeatures
 from peftclip.adapters.base import implements
@@ -68,6 +72,8 @@ def _metrics(num_classes: int) -> MetricCollection:
         {
             "top1": MulticlassAccuracy(num_classes, average="micro"),
             "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+            # Per-class (tp, fp, tn, fn, support): results keep integer counts (docs/results.md).
+            "counts": MulticlassStatScores(num_classes, average=None),
         },
         compute_groups=False,
     )
@@ -171,6 +177,9 @@ class PeftClipModule(L.LightningModule):
         self.test_sets: list[EvalSet] = []
         self.metrics = torch.nn.ModuleDict()
         self._resumed_random_states: dict | None = None
+        #: Per-class counts of the latest evaluation of each (dataset, split): ``correct``,
+        #: ``total`` and ``macro_f1`` (%), for results records.
+        self.evaluations: dict[tuple[str, str], dict] = {}
 
     @property
     def backbone(self):
@@ -295,11 +304,23 @@ class PeftClipModule(L.LightningModule):
         mask = _mask_tensor(test_set.class_mask, len(test_set.classnames))
         self.class_mask = mask.to(self.device) if mask is not None else None
 
-    def _log_epoch_metrics(self, stage: str, prefix: str) -> None:
+    def _log_epoch_metrics(
+        self, stage: str, prefix: str, evaluation: tuple[str, str] | None = None
+    ) -> None:
+        """Logs a stage's epoch metrics; an ``evaluation`` (dataset, split) also keeps its
+        per-class counts in :attr:`evaluations` (what a results record stores)."""
         values = self.metrics[f"{stage}_metrics"].compute()
+        counts = values.pop("counts")
         # Percentages, as in the papers' tables.
         self.log_dict({f"{prefix}/{name}": 100 * value for name, value in values.items()})
         self.metrics[f"{stage}_metrics"].reset()
+        if evaluation is not None:
+            classes = len(self.classnames)  # the head's classes (the metric may add a phantom)
+            self.evaluations[evaluation] = {
+                "correct": counts[:classes, 0].tolist(),
+                "total": counts[:classes, 4].tolist(),
+                "macro_f1": float(100 * values["macro_f1"]),
+            }
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train", "train")
@@ -309,13 +330,17 @@ class PeftClipModule(L.LightningModule):
                 self.log_dict({f"{adapter.name}/{key}": value for key, value in summary.items()})
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val", "val")
+        if not self.trainer.sanity_checking:
+            self._log_epoch_metrics("val", "val", (self.trainer.datamodule.dataset_name, "val"))
+        else:
+            self._log_epoch_metrics("val", "val")
 
     def on_test_epoch_end(self) -> None:
         # The recipe's own dataset logs test/top1; extra datasets log test/<name>/top1.
         for index, test_set in enumerate(self.test_sets):
             prefix = "test" if index == 0 else f"test/{test_set.name}"
-            self._log_epoch_metrics(f"test{index}", prefix)
+            self._point_at(test_set)
+            self._log_epoch_metrics(f"test{index}", prefix, (test_set.name, "test"))
         self._point_at(self.test_sets[0])
 
     # ------------------------------------------------------------------- fitting from data

@@ -8,7 +8,7 @@ head of the new class names only), next to zero-shot CLIP with the dataset's tem
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 
@@ -22,12 +22,15 @@ def harmonic_mean(base: float, new: float) -> float:
 
 @dataclass
 class BaseToNewResult:
-    """Top-1 accuracies in %, of zero-shot CLIP and of the trained method."""
+    """Top-1 accuracies in %, of zero-shot CLIP and of the trained method, and the per-class
+    counts of each evaluation (``{"zero_shot": {"base": ..., "new": ...}, "method": ...}``, as
+    :attr:`PeftClipModule.evaluations` keeps them) for the results database."""
 
     zero_shot_base: float
     zero_shot_new: float
     base: float
     new: float
+    counts: dict[str, dict[str, dict]] = field(default_factory=dict)
 
     @property
     def zero_shot_hm(self) -> float:
@@ -55,9 +58,10 @@ def _half(datamodule: PeftClipDataModule, half: str) -> PeftClipDataModule:
     return PeftClipDataModule(**{**config, "subsample": half})
 
 
-def _evaluate(trainer: L.Trainer, module: PeftClipModule, datamodule) -> float:
+def _evaluate(trainer: L.Trainer, module: PeftClipModule, datamodule) -> tuple[float, dict]:
+    """Top-1 (%) of ``module`` on the test split of ``datamodule``, and its per-class counts."""
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return metrics["test/top1"]
+    return metrics["test/top1"], module.evaluations[(datamodule.dataset_name, "test")]
 
 
 def run_base_to_new(
@@ -86,12 +90,18 @@ def run_base_to_new(
         logit_scale=module.classifier.fixed_logit_scale,
         frozen_backbone=module.backbone,
     )
-    zero_shot_base = _evaluate(evaluator, zero_shot, base)
-    zero_shot_new = _evaluate(evaluator, zero_shot, new)
+    zero_shot_base, zero_shot_base_counts = _evaluate(evaluator, zero_shot, base)
+    zero_shot_new, zero_shot_new_counts = _evaluate(evaluator, zero_shot, new)
     trainer.fit(module, datamodule=base)
+    trained_base, base_counts = _evaluate(evaluator, module, base)
+    trained_new, new_counts = _evaluate(evaluator, module, new)
     return BaseToNewResult(
         zero_shot_base=zero_shot_base,
         zero_shot_new=zero_shot_new,
-        base=_evaluate(evaluator, module, base),
-        new=_evaluate(evaluator, module, new),
+        base=trained_base,
+        new=trained_new,
+        counts={
+            "zero_shot": {"base": zero_shot_base_counts, "new": zero_shot_new_counts},
+            "method": {"base": base_counts, "new": new_counts},
+        },
     )
