@@ -167,6 +167,10 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         partial(lightning_command, "test"), "Evaluates a recipe on its test split"
     ),
     "base2new": RecipeCommand(base_to_new_command),
+    "run": RecipeCommand(
+        Lazy("peftclip.protocols.runner:run_command"),
+        "Runs a protocol's grid (datasets × shots × seeds) and records every result",
+    ),
     "export": RecipeCommand(Lazy("peftclip.export:export_command")),
     "import-checkpoint": RecipeCommand(
         Lazy("peftclip.official_checkpoints:import_checkpoint_command")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import re
 import sys
@@ -347,6 +348,13 @@ class PeftClipCLI(LightningCLI):
                 help="the results database the run's evaluations are recorded in (default: "
                 "$PEFTCLIP_RESULTS_DB or runs/results.sqlite; docs/results.md)",
             )
+            parser.add_argument(
+                "--results_cell",
+                type=str | None,
+                default=None,
+                help="the cell (JSON) the records belong to; `peftclip run` sets it (default: "
+                "this run alone, protocol 'single')",
+            )
         if self._lightning_subcommands:
             parser.add_argument(
                 "--allow_untrained",
@@ -373,9 +381,12 @@ class PeftClipCLI(LightningCLI):
         return trainer
 
     def cell(self, protocol: str = "single") -> dict:
-        """What identifies this run in the results database (peftclip.results): the methods
-        with their settings, the backbone (with its weights' hash), the data and the seed."""
+        """What identifies this run in the results database (peftclip.results): the cell a
+        protocol runner gave (``--results_cell``), else the methods with their settings, the
+        backbone (with its weights' hash), the data and the seed."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("results_cell"):
+            return json.loads(config.results_cell)
         entries = config.model.adapters or []
         methods = [
             {"name": adapter.name, "config": _plain(getattr(entry, "init_args", None))}
