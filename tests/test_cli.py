@@ -228,6 +228,8 @@ def test_help_answers_without_importing_torch():
 def _options(command) -> list[str]:
     """What `--help` must mention for a command: its positionals and dashed options."""
     command = command.load() if isinstance(command, Lazy) else command
+    if command == COMMANDS["run"]:  # the runner: its own options, then recipe overrides
+        return ["--config", "--datasets", "--suite", "--shots", "--seeds", "--jobs", "--dry-run"]
     if isinstance(command, RecipeCommand):
         return ["--config", "--print_config", "--model.adapters", "--trainer.max_steps"]
     names, hints = [], typing.get_type_hints(command)

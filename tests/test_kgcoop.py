@@ -161,7 +161,8 @@ def test_steps_per_epoch_follow_dassls_drop_last_rule(dataset):
 
 def _targets(module: PeftClipDataModule):
     dataset = module.data.splits["train"]
-    for indices in module.train_dataloader(shuffle=False).batch_sampler:
+    for keys in module.train_dataloader(shuffle=False).batch_sampler:  # (index, seed) pairs
+        indices = [index for index, _ in keys]
         yield indices, [dataset.targets[i] for i in indices]
 
 

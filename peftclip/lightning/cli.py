@@ -289,7 +289,8 @@ class PeftClipCLI(LightningCLI):
         its metrics, unless the recipe turned logging off; a resumed fit keeps its folder and
         saves this invocation's config beside the first."""
         kind = self.subcommand or self._run_kind
-        if kind is None:
+        if kind is None:  # a Python caller's trainer (run=False): its own root, as before
+            self.save_config_kwargs["overwrite"] = True
             return
         config = self.config[self.subcommand] if self.subcommand else self.config
         config_name = "config.yaml"
