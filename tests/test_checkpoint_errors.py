@@ -9,6 +9,7 @@ import torch
 from peftclip.cli import main
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import PeftClipCLI
+from tests.helpers import one_line_error
 
 RECIPE = ["--config", "recipes/zeroshot/tiny_random.yaml", "--model.adapters+=coop"]
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -38,17 +39,6 @@ class RunsCommand:
         return os.system, (f"touch {self.marker}",)
 
 
-def _one_line_error(capsys, code: int, *expected: str) -> str:
-    """Asserts exit 2 and exactly one stderr line, ``peftclip: error: ...`` with ``expected``."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("peftclip: error: "), err
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
 def _commands(tmp_path, ckpt: Path) -> dict[str, list[str]]:
     """Every subcommand that takes a checkpoint path, pointed at ``ckpt``."""
     out = str(tmp_path / "out.ckpt")
@@ -66,7 +56,7 @@ def _commands(tmp_path, ckpt: Path) -> dict[str, list[str]]:
 def test_a_missing_checkpoint_is_one_line_with_the_same_wording(tmp_path, capsys, command):
     missing = tmp_path / "nowhere.ckpt"
     code = main(_commands(tmp_path, missing)[command])
-    line = _one_line_error(capsys, code, f"{missing} does not exist; check the path.")
+    line = one_line_error(capsys, code, f"{missing} does not exist; check the path.")
     assert line.split(str(missing))[0] in {
         "peftclip: error: checkpoint ",
         "peftclip: error: official checkpoint ",  # --source names an official file
@@ -91,7 +81,7 @@ def test_a_damaged_or_foreign_file_is_not_a_peftclip_checkpoint(
         torch.save({"weights": torch.zeros(2)}, bad)
         reason = "no 'peftclip' section"
     code = main(_commands(tmp_path, bad)[command])
-    _one_line_error(capsys, code, f"{bad} is not a peftclip checkpoint (", reason)
+    one_line_error(capsys, code, f"{bad} is not a peftclip checkpoint (", reason)
     assert not (tmp_path / "out.ckpt").exists()
 
 
@@ -103,7 +93,7 @@ def test_a_coop_checkpoint_of_another_n_ctx_names_adapter_tensor_shapes_and_sett
     width = torch.load(coop_checkpoint, weights_only=True)["state_dict"][
         "classifier.adapters.0.ctx"
     ].shape[-1]
-    _one_line_error(
+    one_line_error(
         capsys,
         main(args),
         "coop: checkpoint tensor 'ctx' has shape (16, ",
@@ -115,7 +105,7 @@ def test_a_coop_checkpoint_of_another_n_ctx_names_adapter_tensor_shapes_and_sett
 def test_resuming_last_without_a_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys):
     args = ["fit", *RECIPE, *_run_dir(tmp_path), "--trainer.max_steps", "1"]
     code = main([*args, "--ckpt_path", "last"])
-    _one_line_error(capsys, code, "--ckpt_path last: there is no fit run with a checkpoint under")
+    one_line_error(capsys, code, "--ckpt_path last: there is no fit run with a checkpoint under")
     assert not list(tmp_path.rglob("*.ckpt"))  # it did not train from scratch
 
 
@@ -126,7 +116,7 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_and_runs_nothing(
     commands = _commands(tmp_path, crafted)
     for command in ("test", "export"):
         code = main(commands[command])
-        _one_line_error(
+        one_line_error(
             capsys, code, "not a peftclip checkpoint (", "posix.system", "never runs code"
         )
         assert not marker.exists()

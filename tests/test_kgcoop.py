@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftclip.adapters import CoOp, KgCoOp, LoRA, StepContext, get_adapter_class
+from peftclip.adapters import CoOp, KgCoOp, LoRA, get_adapter_class
 from peftclip.adapters.kgcoop import knowledge_loss
 from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
@@ -17,21 +17,9 @@ from peftclip.data.fewshot import base_new_split
 from peftclip.data.images import LabeledImageFiles
 from peftclip.errors import PeftClipError
 from peftclip.lightning import PeftClipDataModule
+from tests.helpers import step_context
 
 CLASSES = ["sea_lion", "dog", "golden retriever", "tabby cat"]
-
-
-def _context(classifier: PeftClipClassifier, images: torch.Tensor, labels: torch.Tensor):
-    outputs = classifier(images, CLASSES)
-    return StepContext(
-        images=images,
-        labels=labels,
-        logits=outputs["logits"],
-        image_features=outputs["image_features"],
-        text_features=outputs["text_features"],
-        classnames=CLASSES,
-        frozen_head=lambda templates=None: classifier.frozen_head(CLASSES, templates),
-    )
 
 
 def _kgcoop(backbone, template: str, **settings) -> tuple[KgCoOp, PeftClipClassifier]:
@@ -57,7 +45,7 @@ def test_parameter_count_on_vit_b_16():
 
 def test_the_knowledge_term_vanishes_at_init_where_the_template_is_the_init_prompt(tiny_backbone):
     adapter, classifier = _kgcoop(tiny_backbone, "a photo of a {}.")
-    context = _context(classifier, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
+    context = step_context(classifier, CLASSES, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
     loss = adapter.extra_loss(context)
     assert 0 <= loss.item() / adapter.kg_weight <= 1e-6
     loss.backward()
@@ -69,13 +57,13 @@ def test_the_knowledge_term_vanishes_at_init_where_the_template_is_the_init_prom
 )
 def test_the_knowledge_term_is_positive_where_the_template_differs(tiny_backbone, template):
     adapter, classifier = _kgcoop(tiny_backbone, template)
-    context = _context(classifier, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
+    context = step_context(classifier, CLASSES, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
     assert adapter.extra_loss(context).item() > 1e-3
     # The anchor template may also be given to the adapter instead of the run.
     own = KgCoOp(anchor_templates=template)
     plain = PeftClipClassifier(tiny_backbone, [own], templates="a photo of a {}.").train()
     own.load_state_dict(adapter.state_dict())
-    same = own.extra_loss(_context(plain, context.images, context.labels))
+    same = own.extra_loss(step_context(plain, CLASSES, context.images, context.labels))
     assert torch.allclose(same, adapter.extra_loss(context), atol=1e-7)
 
 
@@ -90,7 +78,7 @@ def test_the_code_form_is_half_the_paper_form_at_equal_weight(tiny_backbone):
     official, classifier = _kgcoop(tiny_backbone, "a photo of a {}, a type of pet.")
     halved = KgCoOp(kg_weight=4.0, kg_loss="l2sq")
     halved.attach(tiny_backbone)
-    context = _context(classifier, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
+    context = step_context(classifier, CLASSES, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
     assert torch.allclose(official.extra_loss(context), halved.extra_loss(context), atol=1e-6)
 
 
@@ -114,7 +102,7 @@ def test_the_anchor_is_frozen_computed_once_and_not_saved(tiny_backbone):
     images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     before = classifier.frozen_head(CLASSES).clone()
     assert not before.requires_grad
-    context = _context(classifier, images, labels)
+    context = step_context(classifier, CLASSES, images, labels)
     loss = F.cross_entropy(context.logits, labels) + adapter.extra_loss(context)
     loss.backward()
     torch.optim.SGD([adapter.ctx], lr=1.0).step()
@@ -171,7 +159,7 @@ def test_composes_with_a_vision_lora_and_refuses_a_text_lora():
         backbone = load_backbone("peftclip-tiny-vit", init_seed=0)  # LoRA replaces its layers
         kgcoop = KgCoOp()
         classifier = PeftClipClassifier(backbone, [kgcoop, LoRA(towers=towers)]).train()
-        context = _context(classifier, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+        context = step_context(classifier, CLASSES, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
         if works:
             assert torch.isfinite(kgcoop.extra_loss(context))
         else:  # the frozen hand-crafted features no longer exist in an adapted text tower

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftclip.adapters import IVLP, PromptSRC, StepContext, get_adapter_class
+from peftclip.adapters import IVLP, PromptSRC, get_adapter_class
 from peftclip.adapters.promptsrc import (
     PROMPTSRC_TEMPLATES,
     gpa_weights,
@@ -17,23 +17,11 @@ from peftclip.backbone import class_prompts, load_backbone, zero_shot_head
 from peftclip.classifier import PeftClipClassifier
 from peftclip.lightning.cli import PeftClipCLI
 from peftclip.schedules import RunLength
+from tests.helpers import step_context
 from tests.test_coop import _vit_b_16
 
 CLASSES = ["sea_lion", "dog", "golden retriever"]
 TINY = {"text_depth": 2, "vision_depth": 2}
-
-
-def _context(classifier, images, labels):
-    outputs = classifier(images, CLASSES)
-    return StepContext(
-        images=images,
-        labels=labels,
-        logits=outputs["logits"],
-        image_features=outputs["image_features"],
-        text_features=outputs["text_features"],
-        classnames=CLASSES,
-        frozen_head=lambda templates=None: classifier.frozen_head(CLASSES, templates),
-    )
 
 
 @pytest.mark.slow
@@ -51,7 +39,9 @@ def test_only_the_prompts_train_and_no_teacher_is_saved(tiny_backbone):
     reference.attach(tiny_backbone)
     trainable = [name for name, p in adapter.named_parameters() if p.requires_grad]
     assert trainable == [name for name, _ in reference.named_parameters()]
-    loss = adapter.extra_loss(_context(classifier, torch.randn(2, 3, 32, 32), torch.tensor([0, 1])))
+    loss = adapter.extra_loss(
+        step_context(classifier, CLASSES, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]))
+    )
     loss.backward()
     assert not adapter.teacher_text_features(CLASSES).requires_grad
     assert all(p.grad is not None for p in adapter.parameters())
@@ -106,7 +96,7 @@ def test_the_loss_matches_a_direct_computation(tiny_backbone):
         for parameter in adapter.parameters():  # away from the init, as training would
             parameter.add_(0.05 * torch.randn_like(parameter))
     images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
-    context = _context(classifier, images, labels)
+    context = step_context(classifier, CLASSES, images, labels)
     loss = adapter.extra_loss(context)
     with torch.no_grad():
         text_parts = [

@@ -17,6 +17,7 @@ import tests.toy_adapters  # noqa: F401  (registers the toy adapters)
 from peftclip.checkpoint_files import RELEASE_FORMAT, file_sha256
 from peftclip.cli import main
 from peftclip.lightning.cli import PeftClipCLI
+from tests.helpers import one_line_error
 
 TINY = ["--config", "recipes/zeroshot/tiny_random.yaml", "--data.shots", "2"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -75,16 +76,6 @@ def releases(tmp_path_factory):
 def _test(name: str, ckpt_path, root: Path, *extra: str) -> PeftClipCLI:
     return PeftClipCLI(args=["test", *_recipe(name), *QUIET, "--ckpt_path", str(ckpt_path),
                              "--trainer.default_root_dir", str(root), *extra])  # fmt: skip
-
-
-def _one_line_error(capsys, code: int, *expected: str) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("peftclip: error: "), err
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def _no_unpickling(monkeypatch) -> None:
@@ -232,30 +223,30 @@ def test_a_damaged_release_is_one_line_and_exit_2(coop_release, tmp_path, capsys
         "export": ["export", *_recipe("coop"), "--format", "official", "--output", str(output)],
     }[command]
     code = main([*args, "--ckpt_path", str(folder)])
-    _one_line_error(capsys, code, f"{folder} is not a loadable peftclip release (", reason)
+    one_line_error(capsys, code, f"{folder} is not a loadable peftclip release (", reason)
     assert not output.exists()
 
 
 def test_a_missing_release_folder_has_the_checkpoint_wording(tmp_path, capsys):
     missing = tmp_path / "nowhere.json"
     code = main(["test", *_recipe("coop"), *QUIET, "--ckpt_path", str(missing)])
-    _one_line_error(capsys, code, f"checkpoint {missing} does not exist; check the path.")
+    one_line_error(capsys, code, f"checkpoint {missing} does not exist; check the path.")
 
 
 def test_a_release_onto_another_recipe_gives_the_checkpoint_errors(coop_release, capsys):
     release = ["--ckpt_path", str(coop_release)]
-    _one_line_error(
+    one_line_error(
         capsys,
         main(["test", *TINY, *QUIET, "--model.adapters+=coop", *release]),  # n_ctx 16
         "coop: checkpoint tensor 'ctx' has shape (2, ",
         "n_ctx (or the word count of ctx_init) is 16 in the recipe but 2 in the file",
     )
-    _one_line_error(
+    one_line_error(
         capsys,
         main(["test", *_recipe("coop"), "--model.adapters+=lora", *QUIET, *release]),
         "checkpoint does not match this recipe's adapters: missing ['classifier.adapters.1.",
     )
-    _one_line_error(
+    one_line_error(
         capsys,
         main(["test", *_recipe("coop"), "--model.backbone.init_seed", "1", *QUIET, *release]),
         "checkpoint adapters were trained on backbone peftclip-tiny-vit",
@@ -265,7 +256,7 @@ def test_a_release_onto_another_recipe_gives_the_checkpoint_errors(coop_release,
 def test_fit_refuses_a_release_and_test_treats_it_as_given(coop_release, tmp_path, capsys):
     code = main(["fit", *_recipe("coop"), *QUIET, "--trainer.default_root_dir", str(tmp_path),
                  "--ckpt_path", str(coop_release)])  # fmt: skip
-    _one_line_error(capsys, code, "is an adapter release", "no training state to resume")
+    one_line_error(capsys, code, "is an adapter release", "no training state to resume")
     assert not list(tmp_path.rglob("*.ckpt"))
     # Without --ckpt_path, test is refused; with the release, the adapters count as trained.
     assert main(["test", *_recipe("coop"), *QUIET]) == 2
@@ -307,7 +298,7 @@ def test_import_of_a_truncated_official_file_is_one_line(tmp_path, capsys, trust
     recipe = official_recipe(tmp_path, "coop")
     code = main(["import-checkpoint", "--config", str(recipe), "--source", str(source),
                  "--output", str(output), "--trust_pickle", trust_pickle])  # fmt: skip
-    _one_line_error(
+    one_line_error(
         capsys, code, f"{source} is not an official checkpoint torch can read (truncated"
     )
     assert not output.exists()
