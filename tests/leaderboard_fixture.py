@@ -59,6 +59,7 @@ def record(
     run: str | None = None,
     created_at: str = "2026-05-01T10:00:00+00:00",
     profile: str = "modern",
+    model_name: str = VIT_B16["model_name"],
 ) -> ResultRecord:
     cell = {
         "protocol": protocol,
@@ -66,7 +67,7 @@ def record(
         "methods": [] if method == "zeroshot" else COOP,
         "shots": shots,
         "seed": seed,
-        "backbone": VIT_B16,
+        "backbone": {**VIT_B16, "model_name": model_name},
         "profile": profile,
     }
     return ResultRecord(

@@ -227,8 +227,9 @@ def _row_order(
 ) -> list[str]:
     """The papers' order (the datasets of the published average), then the others by name."""
     known = references.averages.get(protocol, ())
-    labels = set(labels) - {source}
-    first = [source] if source is not None else []
+    labels = set(labels)
+    first = [source] if source in labels else []
+    labels -= {source}
     return first + [d for d in known if d in labels] + sorted(labels - set(known))
 
 

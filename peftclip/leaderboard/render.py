@@ -109,7 +109,7 @@ def board_title(board: Board) -> str:
         parts.append(f"{board.shots} shots")
     if board.source is not None:
         parts.append(f"source {board.source}")
-    parts.append(f"seeds {_seeds_text(board.seeds)}")
+    parts.append(f"seed{'s' * (len(board.seeds) != 1)} {_seeds_text(board.seeds)}")
     return " · ".join(parts)
 
 
