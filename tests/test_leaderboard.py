@@ -226,7 +226,7 @@ def test_reference_numbers_name_real_methods_and_datasets_and_keep_their_sources
 
     references = reference_numbers()
     rows = {"average", "target_average", *list_datasets()}
-    for protocol, method, backbone, row, column in references.numbers:
+    for _, method, backbone, row, _ in references.numbers:
         assert method == "zeroshot" or set(method.split("+")) <= set(list_adapters()), method
         assert row in rows and backbone in references.backbones
     maple_eurosat = references.lookup("base2new", "maple", "ViT-B-16", "eurosat", "hm")
