@@ -67,6 +67,11 @@ def _check_dataset_names(names: list[str]) -> None:
             raise PeftClipError(f"unknown dataset '{name}'; the datasets are {', '.join(known)}.")
 
 
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise PeftClipError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}.")
+
+
 def select_records(
     store: ResultsStore,
     protocol: str,
@@ -127,8 +132,7 @@ def render_leaderboard(
 ) -> str:
     """The leaderboard text in a format (``md``, ``csv``, ``html``, ``latex``); ``html``
     embeds ``plots`` (file name → PNG)."""
-    if format not in FORMATS:
-        raise PeftClipError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}.")
+    _check_format(format)
     if format == "csv":
         return render_csv(boards, per_seed)
     tables = [layout(board, per_seed) for board in boards]
@@ -170,8 +174,7 @@ def leaderboard(
         PeftClipError: An unknown protocol, format, method or dataset, a missing or unreadable
             database, or a selection without records.
     """
-    if format not in FORMATS:
-        raise PeftClipError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}.")
+    _check_format(format)
     path = Path(db) if db is not None else default_db_path()
     with ResultsStore(path, readonly=True) as store:
         records = select_records(store, protocol, methods, datasets)

@@ -78,6 +78,7 @@ class TextTable:
 
     Attributes:
         title: The table's heading: method, profile, backbone, shots, source, seeds.
+        row_header: The heading of the row labels (``dataset``, ``evaluated on``).
         columns: The columns after the row label, in groups.
         rows: ``(label, cells, is_average)`` per row.
         notes: Footnotes: flagged seeds, duplicates, incomplete averages, paper sources.
