@@ -41,6 +41,7 @@ import logging
 import os
 import sys
 import time
+import types
 import typing
 import warnings
 from collections.abc import Callable
@@ -190,6 +191,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "show": Lazy("peftclip.results.commands:results_show_command"),
         "export": Lazy("peftclip.results.commands:results_export_command"),
     },
+    "leaderboard": Lazy("peftclip.leaderboard.command:leaderboard_command"),
 }
 
 EXAMPLES = """\
@@ -269,6 +271,15 @@ def _description(command: Callable) -> str:
     return "\n\n".join(filter(None, [doc.short_description, doc.long_description]))
 
 
+def _optional_list_item(hint) -> type | None:
+    """``X`` for the hint ``list[X] | None``, else None."""
+    members = typing.get_args(hint)
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType) or type(None) not in members:
+        return None
+    lists = [member for member in members if typing.get_origin(member) is list]
+    return typing.get_args(lists[0])[0] if len(lists) == 1 and len(members) == 2 else None
+
+
 def _command_parser(command: Callable) -> CommandParser:
     """The parser of one command, made from its signature and docstring."""
     parser = CommandParser(description=_description(command))
@@ -276,20 +287,24 @@ def _command_parser(command: Callable) -> CommandParser:
     if inspect.isclass(command):
         parser.add_class_arguments(command, as_group=False, fail_untyped=True)
         return parser
-    # jsonargparse reads a list positional as one JSON/YAML list ("[a, b]"); a command line wants
-    # `data check --root R a b`, so such a positional is added here with nargs="*".
+    # jsonargparse reads a list argument as one JSON/YAML list ("[a, b]"); a command line wants
+    # `data check --root R a b` and `leaderboard --methods a b`, so a list positional is added
+    # here with nargs="*" and an optional list option (`list[X] | None = None`) with nargs="+".
     hints = typing.get_type_hints(command)
     docs = {p.arg_name: p.description for p in parse_docstring(inspect.getdoc(command)).params}
-    lists = [
-        name
-        for name, parameter in inspect.signature(command).parameters.items()
-        if parameter.kind is parameter.POSITIONAL_OR_KEYWORD
-        and parameter.default is parameter.empty
-        and typing.get_origin(hints[name]) is list
-    ]
-    for name in lists:
-        (item,) = typing.get_args(hints[name])
-        parser.add_argument(name, nargs="*", type=item, default=[], help=docs.get(name))
+    lists = []
+    for name, parameter in inspect.signature(command).parameters.items():
+        positional = parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+        if positional and parameter.default is parameter.empty:
+            if typing.get_origin(hints[name]) is list:
+                (item,) = typing.get_args(hints[name])
+                parser.add_argument(name, nargs="*", type=item, default=[], help=docs.get(name))
+                lists.append(name)
+        elif parameter.default is None and (item := _optional_list_item(hints[name])):
+            parser.add_argument(
+                f"--{name}", nargs="+", type=item, default=None, help=docs.get(name)
+            )
+            lists.append(name)
     parser.add_function_arguments(
         command, as_group=False, as_positional=True, fail_untyped=True, skip=set(lists)
     )
