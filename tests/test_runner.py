@@ -40,9 +40,17 @@ def test_the_grid_expands_datasets_shots_and_seeds_with_the_few_shot_run_lengths
                                ["--trainer.max_epochs", "2"])  # fmt: skip
     assert overridden[0].key != cells[0].key  # an override is part of the identity
     assert "--trainer.max_epochs" not in overridden[0]._run_length()
+    (swapped,) = runner.expand("base2new", QUICK, ["dtd"], None, None, [1],
+                               ["--model.adapters=[{class_path: kgcoop}]"])  # fmt: skip
+    assert [method["name"] for method in swapped.methods] == ["kgcoop"]  # what actually trains
+    assert swapped.methods[0]["config"]["kg_weight"] == 8.0
 
 
-def test_dg_trains_once_on_the_source_and_tests_every_target():
+COOP = ({"name": "coop", "config": {}},)
+
+
+def test_dg_trains_once_on_the_source_and_tests_every_target(monkeypatch):
+    monkeypatch.setattr(runner, "resolved_methods", lambda recipe, overrides: COOP)
     (cell,) = runner.expand("dg", "recipes/coop/dg.yaml", None, "world", None, [1], [])
     assert cell.dataset == "world_objects" and cell.shots == 16
     fit, test = cell.commands(runner.Path("runs"), runner.Path("r.sqlite"))
@@ -58,6 +66,7 @@ def test_dg_trains_once_on_the_source_and_tests_every_target():
         (["base2new", "--config", QUICK, "--datasets", "pets"], "unknown dataset"),
         (["base2new", "--config", "nope.yaml"], "recipe nope.yaml does not exist"),
         (["base2new", "--config", QUICK, "--bogus", "1"], "unknown option --bogus"),
+        (["base2new", "--config", QUICK, "--data.datset", "x"], "does not parse: unknown option"),
     ],
 )  # fmt: skip
 def test_bad_grids_are_one_line(tmp_path, capsys, args, message):
@@ -96,6 +105,7 @@ def test_a_failed_cell_is_recorded_with_its_error_and_retried(tmp_path, monkeypa
         return "boom" if cell.dataset == "world_colors" else None
 
     monkeypatch.setattr(runner, "_run_cell", fail_colours)
+    monkeypatch.setattr(runner, "resolved_methods", lambda recipe, overrides: COOP)
     assert _run(tmp_path, *grid) == 1  # the failure did not stop the sweep
     assert ran == ["world_colors", "world_shapes"]
     with ResultsStore(tmp_path / "r.sqlite", readonly=True) as store:

@@ -128,27 +128,39 @@ class Cell:
         return []
 
 
-def recipe_methods(recipe: str) -> tuple[dict, ...]:
-    """The adapters a recipe composes, as ``{"name", "config"}`` (the results cell's methods).
+def resolved_methods(recipe: str, overrides: list[str]) -> tuple[dict, ...]:
+    """The adapters the recipe with ``overrides`` composes, as ``{"name", "config"}`` with every
+    setting resolved (the results cell's methods), read from ``peftclip fit --print_config``.
 
     Raises:
-        PeftClipError: The recipe is missing or not a YAML mapping.
+        PeftClipError: The recipe is missing, or it does not parse with the overrides (its
+            first error line).
     """
-    path = Path(recipe)
-    if not path.is_file():
+    if not Path(recipe).is_file():
         raise PeftClipError(f"recipe {recipe} does not exist; give --config RECIPE.yaml.")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise PeftClipError(f"recipe {recipe} is not valid YAML: {error}".splitlines()[0]) from None
-    if not isinstance(config, dict):
-        raise PeftClipError(f"recipe {recipe} is not a YAML mapping of recipe keys.")
-    methods = []
-    for entry in (config.get("model") or {}).get("adapters") or []:
-        entry = {"class_path": entry} if isinstance(entry, str) else entry
-        name = str(entry.get("class_path", "")).rsplit(".", 1)[-1]
-        methods.append({"name": name.lower(), "config": entry.get("init_args") or {}})
-    return tuple(methods)
+    printed = subprocess.run(
+        [sys.executable, "-m", "peftclip", "fit", "--config", recipe, *overrides, "--print_config"],
+        capture_output=True,
+        text=True,
+    )
+    if printed.returncode != 0:
+        lines = [line for line in printed.stderr.splitlines() if line.strip()]
+        reason = next(
+            (line for line in lines if "error" in line.lower()), lines[-1] if lines else ""
+        )
+        raise PeftClipError(
+            f"recipe {recipe} with {' '.join(overrides) or 'no overrides'} does "
+            f"not parse: {reason.removeprefix('peftclip: error: ')}"
+        )
+    from peftclip.adapters import adapter_class_path, list_adapters
+
+    names = {adapter_class_path(name): name for name in list_adapters()}
+    adapters = (yaml.safe_load(printed.stdout).get("model") or {}).get("adapters") or []
+    return tuple(
+        {"name": names.get(entry["class_path"], entry["class_path"]),
+         "config": entry.get("init_args") or {}}
+        for entry in adapters
+    )  # fmt: skip
 
 
 def expand(
@@ -171,13 +183,13 @@ def expand(
         raise PeftClipError(f"unknown suite '{suite}'; known: {', '.join(SUITES)}.")
     from peftclip.data import list_datasets
 
-    methods = recipe_methods(recipe)
     known = set(list_datasets())
     unknown = [name for name in datasets or [] if name not in known]
     if unknown:
         raise PeftClipError(
             f"unknown dataset(s) {', '.join(unknown)}; `peftclip list datasets` lists them."
         )
+    methods = resolved_methods(recipe, overrides)
     targets: tuple[str, ...] = ()
     if protocol in ("dg", "xd"):
         if datasets:
