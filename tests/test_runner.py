@@ -46,11 +46,11 @@ def test_the_grid_expands_datasets_shots_and_seeds_with_the_few_shot_run_lengths
     assert swapped.methods[0]["config"]["kg_weight"] == 8.0
 
 
-COOP = ({"name": "coop", "config": {}},)
+COOP = {"methods": [{"name": "coop", "config": {}}], "backbone": None, "profile": "modern"}
 
 
 def test_dg_trains_once_on_the_source_and_tests_every_target(monkeypatch):
-    monkeypatch.setattr(runner, "resolved_methods", lambda recipe, overrides: COOP)
+    monkeypatch.setattr(runner, "resolved_identity", lambda recipe, overrides: COOP)
     (cell,) = runner.expand("dg", "recipes/coop/dg.yaml", None, "world", None, [1], [])
     assert cell.dataset == "world_objects" and cell.shots == 16
     fit, test = cell.commands(runner.Path("runs"), runner.Path("r.sqlite"))
@@ -105,7 +105,7 @@ def test_a_failed_cell_is_recorded_with_its_error_and_retried(tmp_path, monkeypa
         return "boom" if cell.dataset == "world_colors" else None
 
     monkeypatch.setattr(runner, "_run_cell", fail_colours)
-    monkeypatch.setattr(runner, "resolved_methods", lambda recipe, overrides: COOP)
+    monkeypatch.setattr(runner, "resolved_identity", lambda recipe, overrides: COOP)
     assert _run(tmp_path, *grid) == 1  # the failure did not stop the sweep
     assert ran == ["world_colors", "world_shapes"]
     with ResultsStore(tmp_path / "r.sqlite", readonly=True) as store:

@@ -68,7 +68,12 @@ class Cell:
     seed: int
     overrides: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
-    methods: tuple[dict, ...] = field(default=(), compare=False)
+    #: methods, backbone and profile, resolved from the recipe and the overrides
+    resolved: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def methods(self) -> list[dict]:
+        return self.resolved.get("methods", [])
 
     def identity(self) -> dict:
         """The cell as the results database keys it (peftclip.results.cell_key)."""
@@ -77,6 +82,8 @@ class Cell:
             "protocol": self.protocol,
             "dataset": self.dataset,
             "methods": list(self.methods),
+            "backbone": self.resolved.get("backbone"),
+            "profile": self.resolved.get("profile"),
             "shots": self.shots,
             "seed": self.seed,
             "recipe": self.recipe,
@@ -128,9 +135,10 @@ class Cell:
         return []
 
 
-def resolved_methods(recipe: str, overrides: list[str]) -> tuple[dict, ...]:
-    """The adapters the recipe with ``overrides`` composes, as ``{"name", "config"}`` with every
-    setting resolved (the results cell's methods), read from ``peftclip fit --print_config``.
+def resolved_identity(recipe: str, overrides: list[str]) -> dict:
+    """What the recipe with ``overrides`` trains, resolved by ``peftclip fit --print_config``:
+    ``methods`` (the adapters as ``{"name", "config"}`` with every setting), ``backbone``
+    (model name and weights) and ``profile`` — the results cell's part of the identity.
 
     Raises:
         PeftClipError: The recipe is missing, or it does not parse with the overrides (its
@@ -155,12 +163,17 @@ def resolved_methods(recipe: str, overrides: list[str]) -> tuple[dict, ...]:
     from peftclip.adapters import adapter_class_path, list_adapters
 
     names = {adapter_class_path(name): name for name in list_adapters()}
-    adapters = (yaml.safe_load(printed.stdout).get("model") or {}).get("adapters") or []
-    return tuple(
-        {"name": names.get(entry["class_path"], entry["class_path"]),
-         "config": entry.get("init_args") or {}}
-        for entry in adapters
-    )  # fmt: skip
+    model = yaml.safe_load(printed.stdout).get("model") or {}
+    backbone = model.get("backbone") or {}
+    return {
+        "methods": [
+            {"name": names.get(entry["class_path"], entry["class_path"]),
+             "config": entry.get("init_args") or {}}
+            for entry in model.get("adapters") or []
+        ],
+        "backbone": {key: backbone.get(key) for key in ("model_name", "pretrained")},
+        "profile": model.get("precision_profile"),
+    }  # fmt: skip
 
 
 def expand(
@@ -189,7 +202,7 @@ def expand(
         raise PeftClipError(
             f"unknown dataset(s) {', '.join(unknown)}; `peftclip list datasets` lists them."
         )
-    methods = resolved_methods(recipe, overrides)
+    resolved = resolved_identity(recipe, overrides)
     targets: tuple[str, ...] = ()
     if protocol in ("dg", "xd"):
         if datasets:
@@ -202,7 +215,7 @@ def expand(
     else:
         names = list(datasets or SUITES[suite or "coop11"])
     cells = [
-        Cell(protocol, recipe, name, k, seed, tuple(overrides), targets, methods)
+        Cell(protocol, recipe, name, k, seed, tuple(overrides), targets, resolved)
         for name in names
         for k in (shots if shots is not None else DEFAULT_SHOTS[protocol])
         for seed in seeds
