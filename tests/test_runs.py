@@ -43,6 +43,16 @@ def test_every_run_writes_a_folder_of_its_own_and_nothing_is_overwritten(tmp_pat
     assert (tmp_path / LATEST).resolve() == Path(test.trainer.default_root_dir).resolve()
 
 
+def test_a_relative_root_holds_the_run_folders(tmp_path, monkeypatch):
+    """What `peftclip base2new --config recipes/quickstart.yaml` does: the default root `runs`."""
+    recipe = Path("recipes/zeroshot/tiny_random.yaml").absolute()
+    monkeypatch.chdir(tmp_path)
+    args = [a if a != "recipes/zeroshot/tiny_random.yaml" else str(recipe) for a in TINY]
+    PeftClipCLI(args=["fit", *args, "--trainer.max_steps", "1", *SAVE_LAST])
+    (run,) = Path("runs").glob("*-fit-*")
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_ckpt_path_last_takes_the_newest_fit_of_the_same_data_and_run_ids_name_runs(tmp_path):
     colours = _fit(tmp_path)
     _fit(tmp_path, "--data.dataset", "world_shapes")  # newer, another dataset

@@ -304,7 +304,7 @@ class PeftClipCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         # The config beside the checkpoints, whatever folder the logger picks (an absolute
         # file name survives SaveConfigCallback's join with the log folder).
-        self.save_config_kwargs["config_filename"] = str(run_dir / config_name)
+        self.save_config_kwargs["config_filename"] = str((run_dir / config_name).absolute())
         if config.trainer.logger in (None, True):
             # logs/version_N/metrics.csv: a resumed fit logs beside, never over, the first.
             config.trainer.logger = Namespace(
