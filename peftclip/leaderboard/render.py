@@ -342,12 +342,7 @@ def render_html(
     for table in tables:
         out.append(f"<h2>{html.escape(table.title)}</h2>")
         out.append("<table>")
-        groups: list[tuple[str, int]] = []
-        for column in table.columns:
-            if groups and groups[-1][0] == column.group:
-                groups[-1] = (column.group, groups[-1][1] + 1)
-            else:
-                groups.append((column.group, 1))
+        groups = _column_groups(table)
         out.append(
             f'<thead><tr><th class="label" rowspan="2">{html.escape(table.row_header)}</th>'
             + "".join(
@@ -422,18 +417,24 @@ def latex_escape(text: str) -> str:
     return escaped
 
 
+def _column_groups(table: TextTable) -> list[tuple[str, int]]:
+    """The table's column groups in order, each with its number of adjacent columns."""
+    groups: list[tuple[str, int]] = []
+    for column in table.columns:
+        if groups and groups[-1][0] == column.group:
+            groups[-1] = (column.group, groups[-1][1] + 1)
+        else:
+            groups.append((column.group, 1))
+    return groups
+
+
 def render_latex(tables: list[TextTable], protocol: str, database: str, count: int) -> str:
     """One ``table`` environment per board (booktabs), the column groups as ``\\multicolumn``."""
     title, *paragraphs = _heading(protocol, database, count)
     out = [f"% {line}" for line in (title, *paragraphs)]
     out.append("% Needs \\usepackage{booktabs}.")
     for table in tables:
-        groups: list[tuple[str, int]] = []
-        for column in table.columns:
-            if groups and groups[-1][0] == column.group:
-                groups[-1] = (column.group, groups[-1][1] + 1)
-            else:
-                groups.append((column.group, 1))
+        groups = _column_groups(table)
         spec = "l" + "".join("r" * n for _, n in groups)
         out += [
             "",
