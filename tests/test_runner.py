@@ -100,7 +100,7 @@ def test_a_failed_cell_is_recorded_with_its_error_and_retried(tmp_path, monkeypa
             "world_shapes", "--seeds", "1"]  # fmt: skip
     ran = []
 
-    def fail_colours(cell, root, db, log_dir):
+    def fail_colours(cell, root, db, log_dir, jobs):
         ran.append(cell.dataset)
         return "boom" if cell.dataset == "world_colors" else None
 
@@ -114,3 +114,12 @@ def test_a_failed_cell_is_recorded_with_its_error_and_retried(tmp_path, monkeypa
     monkeypatch.setattr(runner, "_run_cell", lambda cell, *_: ran.append(cell.dataset))
     assert _run(tmp_path, *grid) == 0
     assert ran[2:] == ["world_colors"]  # only the failed cell ran again
+
+
+def test_parallel_cells_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    assert runner.cell_environment(2)["OMP_NUM_THREADS"] == "4"
+    assert runner.cell_environment(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+    assert runner.cell_environment(2)["OMP_NUM_THREADS"] == "3"

@@ -225,7 +225,15 @@ def expand(
     return cells
 
 
-def _run_cell(cell: Cell, root: Path, db: Path, log_dir: Path) -> str | None:
+def cell_environment(jobs: int) -> dict[str, str]:
+    """The environment of a cell's processes: ``jobs`` of them share the machine's cores, so each
+    gets its share of compute threads (unless ``OMP_NUM_THREADS`` is set): several processes
+    that each use every core run slower than one at a time."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads}
+
+
+def _run_cell(cell: Cell, root: Path, db: Path, log_dir: Path, jobs: int = 1) -> str | None:
     """Runs a cell's commands in child processes; ``None`` on success, else the error line."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{cell.key}.log"
@@ -235,7 +243,7 @@ def _run_cell(cell: Cell, root: Path, db: Path, log_dir: Path) -> str | None:
                 [sys.executable, "-m", "peftclip", *command],
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PEFTCLIP_RESULTS_DB": str(db)},
+                env={**cell_environment(jobs), "PEFTCLIP_RESULTS_DB": str(db)},
             ).returncode
             if status != 0:
                 lines = [line for line in log.read_text().splitlines() if line.strip()]
@@ -294,7 +302,7 @@ def run_grid(cells: list[Cell], db: Path, root: Path, jobs: int = 1, dry_run: bo
             while queue and len(futures) < max(jobs, 1):
                 cell = queue.pop(0)
                 store.mark_cell(cell.identity(), "running")
-                futures[pool.submit(_run_cell, cell, root, db, root / "logs")] = cell
+                futures[pool.submit(_run_cell, cell, root, db, root / "logs", jobs)] = cell
                 progress.running = len(futures)
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in finished:
