@@ -41,7 +41,6 @@ from peftclip.checkpoint_files import (
 )
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import PeftClipCLI
-from peftclip.runs import MATCHED_DATA_KEYS, resolve_run_checkpoint
 
 
 def merge_weight_space_adapters(adapters: Sequence[Adapter]) -> list[WeightSpaceAdapter]:
@@ -218,10 +217,7 @@ def export_command(args: list[str]) -> int:
         args=args, run=False, prog="peftclip export", description=inspect.getdoc(ExportCLI)
     )
     model, output, export_format = cli.model, cli.config.output, cli.config.format
-    data = {key: cli.config.data.get(key) for key in MATCHED_DATA_KEYS}
-    found = resolve_run_checkpoint(cli.config.ckpt_path, cli.config.trainer.default_root_dir, data)
-    if found is not None:  # `last` or a run id (peftclip.runs)
-        cli.config.ckpt_path = str(found[1])
+    cli.use_run_checkpoint(cli.config)  # `last` or a run id (peftclip.runs)
     model.load_adapter_checkpoint(cli.config.ckpt_path)
     if export_format == "peft":
         written = save_peft(model.adapters, output)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from peftclip.atomic_files import write_text_atomically
 from peftclip.errors import PeftClipError
 
 #: The pointer at the newest run of a root.
@@ -63,7 +64,7 @@ def _point_latest(root: Path, name: str) -> None:
     except OSError:  # a filesystem without symlinks: a text file naming the run instead
         partial.unlink(missing_ok=True)
         (root / LATEST).unlink(missing_ok=True)
-        (root / f"{LATEST}.txt").write_text(name + "\n")
+        write_text_atomically(root / f"{LATEST}.txt", name + "\n")
 
 
 def fit_runs(root: str | Path) -> list[Path]:

@@ -81,9 +81,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        sample_seeds = torch.randint(2**62, (self.size,), generator=generator)
+        sample_seeds = torch.randint(2**62, (self.size,), generator=generator).tolist()
         for index in order[skip * self.batch_size :].tolist():
-            yield index, int(sample_seeds[index])
+            yield index, sample_seeds[index]
 
 
 class SeededSamples(Dataset):

@@ -19,7 +19,7 @@ from peftclip.leaderboard.reference import (
     TARGET_AVERAGE,
     ReferenceNumbers,
 )
-from peftclip.results.records import ResultRecord
+from peftclip.results.records import ResultRecord, harmonic_mean
 
 #: The protocols a leaderboard is made for.
 PROTOCOLS = ("few_shot", "base2new", "dg", "xd")
@@ -27,11 +27,6 @@ PROTOCOLS = ("few_shot", "base2new", "dg", "xd")
 OUTLIER_POINTS = 5.0
 #: The few-shot column of a record without shots (zero-shot CLIP).
 ZERO_SHOTS = 0
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    """2·B·N / (B + N); 0 when both are 0."""
-    return 2 * base * new / (base + new) if base + new else 0.0
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,14 @@ from peftclip.checkpoint_files import is_release, read_checkpoint
 from peftclip.errors import PeftClipError
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
-from peftclip.lightning.results import RecordResults, trainable_parameters
+from peftclip.lightning.results import (
+    RecordResults,
+    evaluation_records,
+    store_records,
+    trainable_parameters,
+)
 from peftclip.lightning.resume import CheckpointOnSigterm
-from peftclip.results import ResultRecord, ResultsStore
-from peftclip.runs import CHECKPOINTS, MATCHED_DATA_KEYS, new_run_dir, resolve_run_checkpoint
+from peftclip.runs import CHECKPOINTS, new_run_dir, resolve_run_checkpoint
 
 PARSER_MODE = "peftclip"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -197,6 +201,7 @@ class PeftClipCLI(LightningCLI):
         self._run_kind = run_kind
         self._resumed_run: Path | None = None
         self._run_dir: Path | None = None
+        self._recipe: str | None = None  # the resolved config of a run with a folder
         if isinstance(args, list | None):
             _check_adapter_arguments(sys.argv[1:] if args is None else args)
         set_loader(PARSER_MODE, _load, exceptions=(__import__("yaml").YAMLError,))
@@ -228,7 +233,7 @@ class PeftClipCLI(LightningCLI):
         reads it again; both only after it passed :func:`read_checkpoint`, so each refusal is
         one line and nothing in the file ever runs. Lightning's own names (``last``, ``best``,
         ``hpc``) are resolved by the trainer, after ``last`` and run ids were resolved to a run's
-        checkpoint (:meth:`_resolve_run_checkpoint`). A release
+        checkpoint (:meth:`use_run_checkpoint`). A release
         folder (``peftclip export --format release``) takes the same hyper-parameters from its
         sidecar; :meth:`_prepare_subcommand_kwargs` loads its tensors.
 
@@ -238,7 +243,10 @@ class PeftClipCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None:
-            ckpt_path = self._resolve_run_checkpoint(subcommand, ckpt_path)
+            run_dir = self.use_run_checkpoint(self.config[subcommand])
+            if subcommand == "fit":  # a resumed fit continues in its run's own folder
+                self._resumed_run = run_dir
+            ckpt_path = self.config[subcommand].ckpt_path
         if ckpt_path is None or ckpt_path in LIGHTNING_CHECKPOINT_NAMES:
             return super()._parse_ckpt_path()
         checkpoint = read_checkpoint(ckpt_path)
@@ -270,19 +278,17 @@ class PeftClipCLI(LightningCLI):
             kwargs["ckpt_path"] = None
         return kwargs
 
-    def _resolve_run_checkpoint(self, subcommand: str, ckpt_path: str) -> str:
-        """``--ckpt_path last`` / ``RUN_ID`` / a run folder → that fit run's ``last.ckpt``
-        (peftclip.runs); a resumed fit continues in the run's own folder."""
-        config = self.config[subcommand]
-        data = {key: config.data.get(key) for key in MATCHED_DATA_KEYS}
-        found = resolve_run_checkpoint(ckpt_path, config.trainer.default_root_dir, data)
+    @staticmethod
+    def use_run_checkpoint(config: Namespace) -> Path | None:
+        """Replaces ``config.ckpt_path`` given as ``last`` / a run id / a run folder with that
+        fit run's ``last.ckpt`` (peftclip.runs); returns the run's folder (None: not a run)."""
+        root = config.trainer.default_root_dir
+        found = resolve_run_checkpoint(config.ckpt_path, root, config.data.as_dict())
         if found is None:
-            return ckpt_path
+            return None
         run_dir, checkpoint = found
-        if subcommand == "fit":
-            self._resumed_run = run_dir
         config.ckpt_path = str(checkpoint)
-        return config.ckpt_path
+        return run_dir
 
     def before_instantiate_classes(self) -> None:
         """Gives the run a folder of its own (``trainer.default_root_dir``) with a CSV log of
@@ -312,33 +318,29 @@ class PeftClipCLI(LightningCLI):
                 init_args=Namespace(save_dir=str(run_dir), name="logs"),
             )
         _log_to_file(run_dir / "log.txt")
+        self._recipe = self.parser.dump(self.config, skip_validation=True)  # as the run has it
 
     def record_base_to_new(self, result, wall_time_s: float) -> None:
         """Stores a base-to-new run's four evaluations (zero-shot CLIP and the method, on the
         base and the new half) in the results database."""
-        config = self.config
-        recipe = self.parser.dump(config, skip_validation=True)
-        cell = self.cell("base2new")
-        cells = {"method": cell, "zero_shot": {**cell, "methods": []}}
-        params = {"method": trainable_parameters(self.model), "zero_shot": 0}
+        dataset, cell = self.config.data.dataset, self.cell("base2new")
         # The zero-shot baseline is evaluated in the same run folder, as a run of its own.
-        run_ids = {"method": self._run_dir.name, "zero_shot": f"{self._run_dir.name}/zero-shot"}
-        records = [
-            ResultRecord(
-                run_id=run_ids[who],
-                evaluation=config.data.dataset,
-                split=half,
-                metrics=metrics,
-                trainable_params=params[who],
+        runs = {
+            "method": (self._run_dir.name, cell, trainable_parameters(self.model)),
+            "zero_shot": (f"{self._run_dir.name}/zero-shot", {**cell, "methods": []}, 0),
+        }
+        records = []
+        for who, (run_id, run_cell, trainable) in runs.items():
+            halves = {(dataset, half): metrics for half, metrics in result.counts[who].items()}
+            records += evaluation_records(
+                halves,
+                run_id=run_id,
+                cell=run_cell,
+                recipe=self._recipe,
+                trainable_params=trainable,
                 wall_time_s=wall_time_s,
-                cell=cells[who],
-                recipe=recipe,
             )
-            for who, halves in result.counts.items()
-            for half, metrics in halves.items()
-        ]
-        with ResultsStore(config.results_db) as store:
-            store.add_all(records)
+        store_records(self.config.results_db, records)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         if self._lightning_subcommands or self._run_kind is not None:
@@ -375,9 +377,8 @@ class PeftClipCLI(LightningCLI):
                     callback.dirpath = str(self._run_dir / CHECKPOINTS)
         if self._run_dir is not None and self.subcommand in SUBCOMMANDS:
             config = self.config[self.subcommand]
-            recipe = self.parser.dump(self.config, skip_validation=True)
             trainer.callbacks.append(
-                RecordResults(config.results_db, self._run_dir.name, self.cell(), recipe)
+                RecordResults(config.results_db, self._run_dir.name, self.cell(), self._recipe)
             )
         return trainer
 

@@ -231,8 +231,9 @@ class PeftClipDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resumes the training order of a checkpoint (before the first training iterator)."""
         if state:
-            self.order_seed = state.pop("order_seed")
-            self._resume_at = TrainingPosition(**state).next_batch()
+            position = {key: value for key, value in state.items() if key != "order_seed"}
+            self.order_seed = state["order_seed"]
+            self._resume_at = TrainingPosition(**position).next_batch()
 
     def check_training_order(self, epoch: int) -> None:
         """Refuses to train epoch ``epoch`` on another epoch's order (a trainer that created

@@ -61,22 +61,22 @@ def _mask_tensor(class_mask: list[int] | None, num_classes: int) -> torch.Tensor
     return mask
 
 
-def _metrics(num_classes: int) -> MetricCollection:
+def _metrics(num_classes: int, counts: bool = True) -> MetricCollection:
+    """Top-1 and macro-F1; with ``counts`` also the per-class counts an evaluation's results
+    record keeps (training needs none of them, and updates its metrics every step)."""
     # Papers report micro (per-sample) top-1; torchmetrics defaults to macro. torchmetrics
     # refuses a 1-class head (e.g. the new half of a 3-class dataset): top-1 is unaffected by
     # a phantom second class, which is never predicted (metrics are fed the argmax).
     num_classes = max(num_classes, 2)
     # Separate states (no compute groups) that a checkpoint keeps: a fit resumed mid-epoch
     # reports the epoch's training metrics over all of its batches.
-    metrics = MetricCollection(
-        {
-            "top1": MulticlassAccuracy(num_classes, average="micro"),
-            "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-            # Per-class (tp, fp, tn, fn, support): results keep integer counts (docs/results.md).
-            "counts": MulticlassStatScores(num_classes, average=None),
-        },
-        compute_groups=False,
-    )
+    members = {
+        "top1": MulticlassAccuracy(num_classes, average="micro"),
+        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if counts:  # per class (tp, fp, tn, fn, support): integer counts (docs/results.md)
+        members["counts"] = MulticlassStatScores(num_classes, average=None)
+    metrics = MetricCollection(members, compute_groups=False)
     metrics.persistent(True)
     return metrics
 
@@ -241,7 +241,10 @@ class PeftClipModule(L.LightningModule):
         self.test_sets = []
         # ModuleDict keys cannot be "train" (nn.Module.train), hence the suffix.
         self.metrics = torch.nn.ModuleDict(
-            {f"{stage}_metrics": _metrics(len(self.classnames)) for stage in ("train", "val")}
+            {
+                "train_metrics": _metrics(len(self.classnames), counts=False),
+                "val_metrics": _metrics(len(self.classnames)),
+            }
         ).to(self.device)
 
     # ------------------------------------------------------------------------------- steps
@@ -310,11 +313,11 @@ class PeftClipModule(L.LightningModule):
         """Logs a stage's epoch metrics; an ``evaluation`` (dataset, split) also keeps its
         per-class counts in :attr:`evaluations` (what a results record stores)."""
         values = self.metrics[f"{stage}_metrics"].compute()
-        counts = values.pop("counts")
+        counts = values.pop("counts", None)
         # Percentages, as in the papers' tables.
         self.log_dict({f"{prefix}/{name}": 100 * value for name, value in values.items()})
         self.metrics[f"{stage}_metrics"].reset()
-        if evaluation is not None:
+        if evaluation is not None and counts is not None:
             classes = len(self.classnames)  # the head's classes (the metric may add a phantom)
             self.evaluations[evaluation] = {
                 "correct": counts[:classes, 0].tolist(),
@@ -330,10 +333,10 @@ class PeftClipModule(L.LightningModule):
                 self.log_dict({f"{adapter.name}/{key}": value for key, value in summary.items()})
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._log_epoch_metrics("val", "val", (self.trainer.datamodule.dataset_name, "val"))
-        else:
-            self._log_epoch_metrics("val", "val")
+        # The sanity check's few batches are not an evaluation to record.
+        checking = self.trainer.sanity_checking
+        evaluation = None if checking else (self.trainer.datamodule.dataset_name, "val")
+        self._log_epoch_metrics("val", "val", evaluation)
 
     def on_test_epoch_end(self) -> None:
         # The recipe's own dataset logs test/top1; extra datasets log test/<name>/top1.

@@ -51,21 +51,32 @@ class RecordResults(L.Callback):
 
     def _write(self, module, split: str) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_initialized() else None
-        records = [
-            ResultRecord(
-                run_id=self.run_id,
-                evaluation=dataset,
-                split=split,
-                metrics=metrics,
-                trainable_params=trainable_parameters(module),
-                wall_time_s=time.perf_counter() - self._started,
-                peak_memory_mb=peak,
-                cell=self.cell,
-                recipe=self.recipe,
-            )
-            for (dataset, evaluated), metrics in module.evaluations.items()
-            if evaluated == split
-        ]
-        if records:
-            with ResultsStore(self.db) as store:
-                store.add_all(records)
+        evaluations = {
+            key: metrics for key, metrics in module.evaluations.items() if key[1] == split
+        }
+        records = evaluation_records(
+            evaluations,
+            run_id=self.run_id,
+            cell=self.cell,
+            recipe=self.recipe,
+            trainable_params=trainable_parameters(module),
+            wall_time_s=time.perf_counter() - self._started,
+            peak_memory_mb=peak,
+        )
+        store_records(self.db, records)
+
+
+def evaluation_records(evaluations: dict[tuple[str, str], dict], **fields) -> list[ResultRecord]:
+    """One record per ``(dataset, split): metrics`` entry (as
+    :attr:`PeftClipModule.evaluations` keeps them); ``fields`` are the run's, shared by all."""
+    return [
+        ResultRecord(evaluation=dataset, split=split, metrics=metrics, **fields)
+        for (dataset, split), metrics in evaluations.items()
+    ]
+
+
+def store_records(db: str | Path | None, records: list[ResultRecord]) -> None:
+    """Adds ``records`` to the results database (nothing to open when there are none)."""
+    if records:
+        with ResultsStore(db) as store:
+            store.add_all(records)

@@ -14,10 +14,7 @@ import lightning as L
 
 from peftclip.lightning.datamodule import PeftClipDataModule
 from peftclip.lightning.module import PeftClipModule
-
-
-def harmonic_mean(base: float, new: float) -> float:
-    return 2 * base * new / (base + new) if base + new else 0.0
+from peftclip.results import harmonic_mean
 
 
 @dataclass

@@ -18,6 +18,7 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -77,7 +78,6 @@ class Cell:
 
     def identity(self) -> dict:
         """The cell as the results database keys it (peftclip.results.cell_key)."""
-        text = Path(self.recipe).read_text()
         return {
             "protocol": self.protocol,
             "dataset": self.dataset,
@@ -87,11 +87,11 @@ class Cell:
             "shots": self.shots,
             "seed": self.seed,
             "recipe": self.recipe,
-            "recipe_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "recipe_sha256": self.resolved.get("recipe_sha256"),
             "overrides": list(self.overrides),
         }
 
-    @property
+    @cached_property
     def key(self) -> str:
         return cell_key(self.identity())
 
@@ -138,7 +138,8 @@ class Cell:
 def resolved_identity(recipe: str, overrides: list[str]) -> dict:
     """What the recipe with ``overrides`` trains, resolved by ``peftclip fit --print_config``:
     ``methods`` (the adapters as ``{"name", "config"}`` with every setting), ``backbone``
-    (model name and weights) and ``profile`` — the results cell's part of the identity.
+    (model name and weights), ``profile`` and the recipe file's ``recipe_sha256`` — the results
+    cell's part of the identity, resolved once for the whole grid.
 
     Raises:
         PeftClipError: The recipe is missing, or it does not parse with the overrides (its
@@ -173,6 +174,7 @@ def resolved_identity(recipe: str, overrides: list[str]) -> dict:
         ],
         "backbone": {key: backbone.get(key) for key in ("model_name", "pretrained")},
         "profile": model.get("precision_profile"),
+        "recipe_sha256": hashlib.sha256(Path(recipe).read_bytes()).hexdigest(),
     }  # fmt: skip
 
 
@@ -243,7 +245,7 @@ def _run_cell(cell: Cell, root: Path, db: Path, log_dir: Path, jobs: int = 1) ->
                 [sys.executable, "-m", "peftclip", *command],
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                env={**cell_environment(jobs), "PEFTCLIP_RESULTS_DB": str(db)},
+                env=cell_environment(jobs),
             ).returncode
             if status != 0:
                 lines = [line for line in log.read_text().splitlines() if line.strip()]

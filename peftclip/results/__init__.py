@@ -3,7 +3,7 @@
 Imports neither torch nor Lightning: the store is plain data, written by whatever produced it.
 """
 
-from peftclip.results.records import ResultRecord, cell_key, top1_from_counts
+from peftclip.results.records import ResultRecord, cell_key, harmonic_mean, top1_from_counts
 from peftclip.results.store import CellStatus, ResultsStore, default_db_path
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "ResultsStore",
     "cell_key",
     "default_db_path",
+    "harmonic_mean",
     "top1_from_counts",
 ]

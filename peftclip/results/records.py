@@ -81,6 +81,11 @@ def top1_from_counts(correct: list[int], total: list[int]) -> float:
     return 100 * sum(correct) / images
 
 
+def harmonic_mean(base: float, new: float) -> float:
+    """The base-to-new harmonic mean 2·B·N / (B + N) of two accuracies; 0 when both are 0."""
+    return 2 * base * new / (base + new) if base + new else 0.0
+
+
 def method_name(cell: dict) -> str:
     """The method column of a cell: its adapters' names joined by ``+`` (``zeroshot``: none)."""
     return "+".join(method["name"] for method in cell["methods"]) or ZERO_SHOT
