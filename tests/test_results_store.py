@@ -199,7 +199,7 @@ def test_cells_keep_their_status_error_and_attempts(tmp_path):
     assert store.done_cells("few_shot") == set()
     store.mark_cell(cell, "running")
     records = [make_record(cell=cell, split="base"), make_record(cell=cell, split="new")]
-    assert store.finish_cell(records) == 2
+    assert store.finish_cell(cell, records) == 2
     done = store.cell_status(cell_key(cell))
     assert (done.status, done.error, done.attempts, done.cell) == ("ok", None, 2, cell)
     store.mark_cell(other, "failed", "no images")
@@ -208,9 +208,9 @@ def test_cells_keep_their_status_error_and_attempts(tmp_path):
     assert store.done_cells("base2new") == set()
     with pytest.raises(ValueError, match="needs its error"):
         store.mark_cell(cell, "failed")
-    with pytest.raises(ValueError, match="one cell"):
-        store.finish_cell([make_record(), make_record(run_id="x", cell=other)])
-    assert store.count() == 2
+    assert store.finish_cell(other, [make_record(run_id="x", cell=other)]) == 1
+    assert store.done_cells("few_shot") == {cell_key(cell), cell_key(other)}
+    assert store.count() == 3
 
 
 def test_the_default_path_and_its_environment_variable(monkeypatch, tmp_path):

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import yaml
 
 from peftclip.errors import PeftClipError
-from peftclip.results import ResultsStore, cell_key
+from peftclip.protocols.cells import Cell, run_cell
+from peftclip.protocols.slurm import SlurmOptions
+from peftclip.results import ResultsStore
 
 PROTOCOLS = ("few_shot", "base2new", "dg", "xd")
 #: The 11 datasets of CoOp's benchmark, in the papers' table order.
@@ -39,6 +39,10 @@ WORLD = (
 )  # fmt: skip
 WORLD_SHIFTS = ("sketch", "noise", "blur", "low_contrast", "texture")
 SUITES = {"coop11": COOP11, "world": WORLD}
+#: Base-to-new halves each task's classes; a world task with one class in a half (counts: 2 + 1,
+#: sizes: 1 + 1) scores 100 % there by construction, so base2new's world suite keeps the tasks
+#: with at least two classes in each half.
+WORLD_BASE2NEW = ("world_objects", "world_shapes", "world_colors", "world_backgrounds")
 #: Domain generalization and cross-dataset train once on the source, then test every target.
 TARGETS = {
     ("dg", "coop11"): ("imagenet", ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")),
@@ -47,92 +51,13 @@ TARGETS = {
     ("xd", "world"): ("world_objects", WORLD[1:]),
 }
 DEFAULT_SHOTS = {"few_shot": (1, 2, 4, 8, 16), "base2new": (16,), "dg": (16,), "xd": (16,)}
-#: Few-shot run lengths by method and K (docs/protocols/few-shot.md): CoOp-family epochs
-#: (ImageNet 50 for every K), CLIP-SVD 200·K and CLIP-LoRA 500·K iterations. Other methods
-#: train as their recipe says.
-FEW_SHOT_EPOCHS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
-FEW_SHOT_LENGTH = {
-    "coop": "epochs",
-    "clip_svd": 200,
-    "lora": 500,
-}
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One job of the grid: a dataset, a number of shots and a seed of a protocol's recipe."""
-
-    protocol: str
-    recipe: str
-    dataset: str
-    shots: int | None
-    seed: int
-    overrides: tuple[str, ...] = ()
-    targets: tuple[str, ...] = ()
-    #: methods, backbone and profile, resolved from the recipe and the overrides
-    resolved: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def methods(self) -> list[dict]:
-        return self.resolved.get("methods", [])
-
-    def identity(self) -> dict:
-        """The cell as the results database keys it (peftclip.results.cell_key)."""
-        return {
-            "protocol": self.protocol,
-            "dataset": self.dataset,
-            "methods": list(self.methods),
-            "backbone": self.resolved.get("backbone"),
-            "profile": self.resolved.get("profile"),
-            "shots": self.shots,
-            "seed": self.seed,
-            "recipe": self.recipe,
-            "recipe_sha256": self.resolved.get("recipe_sha256"),
-            "overrides": list(self.overrides),
-        }
-
-    @cached_property
-    def key(self) -> str:
-        return cell_key(self.identity())
-
-    @property
-    def name(self) -> str:
-        shots = "full" if self.shots is None else f"{self.shots}shot"
-        return f"{self.dataset}/{shots}-seed{self.seed}"
-
-    def commands(self, root: Path, db: Path) -> list[list[str]]:
-        """The ``peftclip`` invocations of this cell, in order."""
-        common = [
-            "--config", self.recipe, *self.overrides, *self._run_length(),
-            "--data.dataset", self.dataset, "--data.seed", str(self.seed),
-            "--seed_everything", str(self.seed),
-            "--trainer.default_root_dir", str(root / self.protocol / self.name),
-            "--results_db", str(db), "--results_cell", json.dumps(self.identity()),
-        ]  # fmt: skip
-        if self.shots is not None:
-            common += ["--data.shots", str(self.shots)]
-        if self.protocol == "base2new":
-            return [["base2new", *common]]
-        test = ["test", *common, "--ckpt_path", "last"]
-        if self.targets:
-            test += ["--data.eval_datasets", json.dumps(list(self.targets))]
-        return [["fit", *common], test]
-
-    def _run_length(self) -> list[str]:
-        if self.protocol != "few_shot" or self.shots is None or not self.methods:
-            return []
-        if any(
-            arg.startswith(("--trainer.max_epochs", "--trainer.max_steps"))
-            for arg in self.overrides
-        ):
-            return []  # the user's length wins (and is part of the identity)
-        length = FEW_SHOT_LENGTH.get(self.methods[0]["name"])
-        if length == "epochs":
-            epochs = 50 if self.dataset == "imagenet" else FEW_SHOT_EPOCHS.get(self.shots)
-            return [] if epochs is None else ["--trainer.max_epochs", str(epochs)]
-        if isinstance(length, int):
-            return ["--trainer.max_steps", str(length * self.shots)]
-        return []
+def suite_datasets(protocol: str, suite: str) -> tuple[str, ...]:
+    """The datasets a suite stands for under ``protocol``."""
+    if (protocol, suite) == ("base2new", "world"):
+        return WORLD_BASE2NEW
+    return SUITES[suite]
 
 
 def resolved_identity(recipe: str, overrides: list[str]) -> dict:
@@ -215,7 +140,7 @@ def expand(
         source, targets = TARGETS[(protocol, suite or "coop11")]
         names = [source]
     else:
-        names = list(datasets or SUITES[suite or "coop11"])
+        names = list(datasets or suite_datasets(protocol, suite or "coop11"))
     cells = [
         Cell(protocol, recipe, name, k, seed, tuple(overrides), targets, resolved)
         for name in names
@@ -227,34 +152,6 @@ def expand(
     return cells
 
 
-def cell_environment(jobs: int) -> dict[str, str]:
-    """The environment of a cell's processes: ``jobs`` of them share the machine's cores, so each
-    gets its share of compute threads (unless ``OMP_NUM_THREADS`` is set): several processes
-    that each use every core run slower than one at a time."""
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
-    return {**os.environ, "OMP_NUM_THREADS": threads}
-
-
-def _run_cell(cell: Cell, root: Path, db: Path, log_dir: Path, jobs: int = 1) -> str | None:
-    """Runs a cell's commands in child processes; ``None`` on success, else the error line."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{cell.key}.log"
-    with open(log, "w") as output:
-        for command in cell.commands(root, db):
-            status = subprocess.run(
-                [sys.executable, "-m", "peftclip", *command],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=cell_environment(jobs),
-            ).returncode
-            if status != 0:
-                lines = [line for line in log.read_text().splitlines() if line.strip()]
-                errors = [line for line in lines if "error" in line.lower()]
-                last = (errors or lines or [""])[-1]
-                return f"`peftclip {command[0]}` exited {status}: {last} (log {log})"
-    return None
-
-
 @dataclass
 class Progress:
     """Cells done / running / failed / total, and an ETA from the cells finished so far."""
@@ -263,6 +160,7 @@ class Progress:
     done: int = 0
     failed: int = 0
     running: int = 0
+    queued: int = 0
     skipped: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -273,14 +171,104 @@ class Progress:
         if ran > 0:
             per_cell = (time.monotonic() - self.started) / ran  # wall time, jobs included
             eta = f", ETA {per_cell * (self.total - finished) / 60:.1f} min"
+        queued = f", {self.queued} queued" if self.queued else ""
         return (
-            f"{self.done} done, {self.running} running, {self.failed} failed, {self.total} "
-            f"cells{eta}"
+            f"{self.done} done, {self.running} running{queued}, {self.failed} failed, "
+            f"{self.total} cells{eta}"
         )
 
 
-def run_grid(cells: list[Cell], db: Path, root: Path, jobs: int = 1, dry_run: bool = False) -> int:
-    """Runs the cells not yet done, ``jobs`` at a time; returns the number that failed."""
+#: What a launcher yields for every finished cell: the cell, its error line (None on success)
+#: and its records when the launcher brings them back (None: the cell stored them itself).
+Outcome = tuple[Cell, str | None, list | None]
+
+
+def _local_outcomes(
+    pending: list[Cell], db: Path, root: Path, jobs: int, store: ResultsStore, progress: Progress
+) -> Iterator[Outcome]:
+    """Runs the cells on this machine, ``jobs`` at a time; each writes its records into ``db``."""
+    futures: dict[Future, Cell] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        queue = list(pending)
+        while queue or futures:
+            while queue and len(futures) < jobs:
+                cell = queue.pop(0)
+                store.mark_cell(cell.identity(), "running")
+                futures[pool.submit(run_cell, cell, root, db, root / "logs", jobs)] = cell
+            progress.running = len(futures)
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = futures.pop(future)
+                progress.running = len(futures)
+                yield cell, future.result(), None
+
+
+def _slurm_outcomes(
+    pending: list[Cell],
+    root: Path,
+    options: SlurmOptions,
+    cluster: str,
+    store: ResultsStore,
+    progress: Progress,
+    poll_s: float,
+) -> Iterator[Outcome]:
+    """Submits the cells as one job array and yields each as its task finishes.
+
+    The runner waits for the array; interrupting it (Ctrl-C) cancels the tasks not yet finished
+    and records their cells as failed, so that the next invocation runs them again.
+    """
+    from peftclip.protocols import slurm
+
+    slurm.check_available(cluster)
+    executor = slurm.executor(root / "slurm", options, cluster)
+    jobs = executor.map_array(slurm.run_cell_task, pending, [root] * len(pending))
+    for cell in pending:
+        store.mark_cell(cell.identity(), "running")
+    print(f"submitted {len(jobs)} cells as job array {jobs[0].job_id.split('_')[0]}", flush=True)
+    waiting = dict(zip(jobs, pending, strict=True))
+    try:
+        while waiting:
+            finished = [job for job in waiting if job.done()]
+            states = [job.state for job in waiting if job not in finished]
+            running = sum(state == "RUNNING" for state in states)
+            moved = (running, len(states) - running) != (progress.running, progress.queued)
+            progress.running, progress.queued = running, len(states) - running
+            for job in finished:
+                cell = waiting.pop(job)
+                if job.exception() is None:
+                    outcome = job.result()
+                    yield cell, outcome.error, outcome.records
+                else:
+                    yield cell, slurm.job_error(job), None
+            if moved and not finished:  # the runner prints a line for every finished cell
+                print(progress.line(), flush=True)
+            if waiting:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        for job, cell in waiting.items():
+            job.cancel(check=False)
+            store.mark_cell(cell.identity(), "failed", "cancelled: the runner was interrupted")
+        print(
+            f"interrupted: cancelled {len(waiting)} unfinished cells; rerun the same command "
+            "to run them.",
+            flush=True,
+        )
+        raise
+
+
+def run_grid(
+    cells: list[Cell],
+    db: Path,
+    root: Path,
+    jobs: int = 1,
+    dry_run: bool = False,
+    slurm: SlurmOptions | None = None,
+    cluster: str = "slurm",
+    poll_s: float = 10.0,
+) -> int:
+    """Runs the cells not yet done — ``jobs`` at a time on this machine, or as a SLURM job array
+    when ``slurm`` is given (``cluster="local"``: submitit's local executor) — and returns the
+    number that failed."""
     with ResultsStore(db) as store:
         status = {cell.key: store.cell_status(cell.key) for cell in cells}
     pending = [
@@ -297,28 +285,26 @@ def run_grid(cells: list[Cell], db: Path, root: Path, jobs: int = 1, dry_run: bo
     print(
         f"{progress.done} of {len(cells)} cells already done; running {len(pending)}.", flush=True
     )
-    futures: dict[Future, Cell] = {}
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool, ResultsStore(db) as store:
-        queue = list(pending)
-        while queue or futures:
-            while queue and len(futures) < max(jobs, 1):
-                cell = queue.pop(0)
-                store.mark_cell(cell.identity(), "running")
-                futures[pool.submit(_run_cell, cell, root, db, root / "logs", jobs)] = cell
-                progress.running = len(futures)
-            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for future in finished:
-                cell = futures.pop(future)
-                error = future.result()
-                if error is None:
-                    store.mark_cell(cell.identity(), "ok")
-                    progress.done += 1
-                else:
-                    store.mark_cell(cell.identity(), "failed", error)
-                    progress.failed += 1
-                    print(f"failed: {cell.name}: {error}", flush=True)
-                progress.running = len(futures)
-                print(progress.line(), flush=True)
+    if not pending:
+        return 0
+    with ResultsStore(db) as store:
+        if slurm is None:
+            outcomes = _local_outcomes(pending, db, root, max(jobs, 1), store, progress)
+        else:
+            outcomes = _slurm_outcomes(pending, root, slurm, cluster, store, progress, poll_s)
+        for cell, error, records in outcomes:
+            if error is None and records:
+                store.finish_cell(cell.identity(), records)
+            elif error is None:
+                store.mark_cell(cell.identity(), "ok")
+            else:
+                store.mark_cell(cell.identity(), "failed", error)
+            if error is None:
+                progress.done += 1
+            else:
+                progress.failed += 1
+                print(f"failed: {cell.name}: {error}", flush=True)
+            print(progress.line(), flush=True)
     return progress.failed
 
 
@@ -340,8 +326,25 @@ def run_command(args: list[str]) -> int:
         "--db", help="results database (default $PEFTCLIP_RESULTS_DB or runs/results.sqlite)"
     )
     parser.add_argument("--root", default="runs/grid", help="where the cells' run folders go")
-    parser.add_argument("--jobs", type=int, default=1, help="cells at once on this machine")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cells at once (on this machine, or SLURM tasks)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the cells and which are done")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="run the cells here, or submit them as a SLURM job array (submitit) and wait",
+    )
+    slurm = parser.add_argument_group("SLURM (with --launcher slurm; per task of the array)")
+    slurm.add_argument("--slurm_partition", help="partition (default: the cluster's)")
+    slurm.add_argument("--slurm_account", help="account to charge")
+    slurm.add_argument("--slurm_gpus", type=int, default=1, help="GPUs per task (default 1)")
+    slurm.add_argument("--slurm_cpus", type=int, default=8, help="CPU cores per task (default 8)")
+    slurm.add_argument("--slurm_mem_gb", type=float, help="memory per task in GB")
+    slurm.add_argument(
+        "--slurm_time", type=int, default=240, help="time limit per task, minutes (default 240)"
+    )
     options, overrides = parser.parse_known_args(args)
     bad = [arg for arg in overrides if arg.startswith("--") and "." not in arg.split("=")[0]]
     if bad:
@@ -356,5 +359,16 @@ def run_command(args: list[str]) -> int:
     from peftclip.results.store import default_db_path
 
     db = Path(options.db) if options.db else default_db_path()
-    failed = run_grid(cells, db, Path(options.root), options.jobs, options.dry_run)
+    slurm = None
+    if options.launcher == "slurm":
+        slurm = SlurmOptions(
+            partition=options.slurm_partition,
+            account=options.slurm_account,
+            gpus=options.slurm_gpus,
+            cpus=options.slurm_cpus,
+            mem_gb=options.slurm_mem_gb,
+            time_min=options.slurm_time,
+            parallelism=options.jobs,
+        )
+    failed = run_grid(cells, db, Path(options.root), options.jobs, options.dry_run, slurm)
     return 1 if failed else 0

@@ -186,26 +186,25 @@ class ResultsStore:
         with self._transaction("storing records") as connection:
             return self._insert(connection, rows)
 
-    def finish_cell(self, records: Iterable[ResultRecord]) -> int:
-        """Stores a cell's records and marks the cell ``ok``, in one transaction.
+    def finish_cell(self, cell: dict, records: Iterable[ResultRecord]) -> int:
+        """Stores what a cell recorded and marks the cell ``ok``, in one transaction.
 
         A runner killed between the two steps would leave records of a cell that still looks
         unfinished (and a rerun would add a second set); one transaction cannot.
 
         Args:
-            records: The cell's records (at least one; all of one cell).
+            cell: The cell's identity (as in :class:`ResultRecord`).
+            records: What the cell's runs recorded (a base-to-new cell also records zero-shot
+                CLIP, under a cell of its own).
 
         Returns:
             How many records were new.
         """
-        records = list(records)
-        keys = {record.cell_key for record in records}
-        if len(keys) != 1:
-            raise ValueError(f"finish_cell takes the records of one cell; got cells {keys or '{}'}")
+        check_cell(cell)
         rows = [self._record_row(record) for record in records]
         with self._transaction("storing a cell's records") as connection:
             added = self._insert(connection, rows)
-            self._upsert_cell(connection, records[0].cell, "ok", None)
+            self._upsert_cell(connection, cell, "ok", None)
         return added
 
     def mark_cell(self, cell: dict, status: str, error: str | None = None) -> CellStatus:
