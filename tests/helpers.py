@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from peftclip.adapters import StepContext
+from peftclip.data.templates import templates_of_dataset
 
 
 def one_line_error(capsys, code: int, *expected: str) -> str:
@@ -28,5 +29,8 @@ def step_context(classifier, classes: list[str], images: torch.Tensor, labels: t
         image_features=outputs["image_features"],
         text_features=outputs["text_features"],
         classnames=classes,
-        frozen_head=lambda templates=None: classifier.frozen_head(classes, templates),
+        # as the module does for the trained dataset (none here: a family is the run's templates)
+        frozen_head=lambda templates=None: classifier.frozen_head(
+            classes, templates_of_dataset(templates, "")
+        ),
     )

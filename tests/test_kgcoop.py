@@ -12,9 +12,10 @@ from peftclip.adapters import CoOp, KgCoOp, LoRA, get_adapter_class
 from peftclip.adapters.kgcoop import knowledge_loss
 from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
-from peftclip.data import ClassificationData
+from peftclip.data import ClassificationData, dataset_definition
 from peftclip.data.fewshot import base_new_split
 from peftclip.data.images import LabeledImageFiles
+from peftclip.data.templates import templates_of_dataset
 from peftclip.errors import PeftClipError
 from peftclip.lightning import PeftClipDataModule
 from tests.helpers import step_context
@@ -165,3 +166,14 @@ def test_composes_with_a_vision_lora_and_refuses_a_text_lora():
         else:  # the frozen hand-crafted features no longer exist in an adapted text tower
             with pytest.raises(PeftClipError, match="adapt the vision tower only"):
                 kgcoop.extra_loss(context)
+
+
+def test_the_default_anchor_is_kgcoops_table_for_the_trained_dataset():
+    assert KgCoOp().anchor_templates == "kgcoop"
+    assert templates_of_dataset("kgcoop", "dtd") == ("a photo of a {}, a type of texture.",)
+    assert templates_of_dataset("coop", "dtd") == dataset_definition("dtd").templates
+    for name in ("oxford_pets", "eurosat", "food101", "imagenet"):  # elsewhere CoOp's template
+        assert templates_of_dataset("kgcoop", name) == dataset_definition(name).templates
+    assert templates_of_dataset("kgcoop", "world_objects") is None  # not in the table: the run's
+    for given in ("a photo of a {}.", "imagenet80", "coop:dtd", ["a {}."], None):
+        assert templates_of_dataset(given, "dtd") == given

@@ -64,10 +64,11 @@ class KgCoOp(CoOp):
         kg_weight: W, the weight of the knowledge-guided term (official: 8.0).
         kg_loss: ``cosine`` (the official code, the published numbers) or ``l2sq`` (the paper's
             squared distance: at equal weight twice as strong).
-        anchor_templates: Templates of the hand-crafted features ``w``: a template, a list or a
-            named set (``coop:dtd``). Default: the run's templates (the dataset's own). Those
-            are the official ``CUSTOM_TEMPLATES`` for every CoOp dataset but DTD, where KgCoOp
-            uses ``"a photo of a {}, a type of texture."`` (the recipes say so).
+        anchor_templates: Templates of the hand-crafted features ``w``: a template, a list, a
+            named set (``coop:dtd``), or a family of sets resolved for the trained dataset.
+            Default ``kgcoop``: KgCoOp's table (``CUSTOM_TEMPLATES``) — CoOp's template of each
+            CoOp dataset, but ``"a photo of a {}, a type of texture."`` on DTD — and the run's
+            templates on other datasets. ``None``: always the run's templates.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class KgCoOp(CoOp):
         ctx_init: str = KGCOOP_CTX_INIT,
         kg_weight: float = 8.0,
         kg_loss: Literal["cosine", "l2sq"] = "cosine",
-        anchor_templates: str | list[str] | None = None,
+        anchor_templates: str | list[str] | None = "kgcoop",
     ) -> None:
         configured = normalize_ctx_init(ctx_init)
         if configured and configured != KGCOOP_CTX_INIT:

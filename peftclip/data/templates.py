@@ -143,18 +143,44 @@ _FIXED_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Where KgCoOp's table of anchor templates (its ``CUSTOM_TEMPLATES``) differs from CoOp's template
+#: of the dataset (docs/methods/kgcoop.md).
+KGCOOP_TEMPLATES = {"dtd": ("a photo of a {}, a type of texture.",)}
+
+
 def template_sets() -> dict[str, tuple[str, ...]]:
     """Named template sets usable wherever templates are accepted (``templates: imagenet80``).
 
-    ``imagenet80``, ``imagenet_select``, ``mtil:<ZSCL dataset>`` and ``coop:<dataset>``, the
-    latter being the templates of each registered CoOp dataset (``coop:dtd`` → ``{} texture.``).
+    ``imagenet80``, ``imagenet_select``, ``mtil:<ZSCL dataset>``, ``coop:<dataset>``, the
+    templates of each registered CoOp dataset (``coop:dtd`` → ``{} texture.``), and
+    ``kgcoop:<dataset>``, KgCoOp's anchor templates (CoOp's, but DTD's).
     """
     coop = {
-        f"coop:{definition.name}": definition.templates
+        definition.name: definition.templates
         for definition in dataset_definitions()
         if definition.benchmark == "coop"
     }
-    return {**_FIXED_SETS, **coop}
+    return {
+        **_FIXED_SETS,
+        **{f"coop:{name}": templates for name, templates in coop.items()},
+        **{f"kgcoop:{name}": KGCOOP_TEMPLATES.get(name, t) for name, t in coop.items()},
+    }
+
+
+def templates_of_dataset(
+    templates: str | Sequence[str] | None, dataset: str
+) -> str | Sequence[str] | None:
+    """Resolves a bare family name (``coop``, ``kgcoop``, ``mtil``) to its set for ``dataset``.
+
+    A family without a set for the dataset (e.g. ``kgcoop`` on a world task) gives ``None``: the
+    run's own templates. Anything else is returned as given.
+    """
+    if not isinstance(templates, str) or "{}" in templates or ":" in templates:
+        return templates
+    sets = template_sets()
+    if not any(name.startswith(f"{templates}:") for name in sets):
+        return templates
+    return sets.get(f"{templates}:{dataset}")
 
 
 def resolve_templates(templates: str | Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ from peftclip.adapters.official_names import shape_mismatch
 from peftclip.backbone import BackboneSpec, FrozenClip, TextFeatureCache, load_backbone
 from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
-from peftclip.data.templates import resolve_templates
+from peftclip.data.templates import resolve_templates, templates_of_dataset
 from peftclip.errors import PeftClipError
 from peftclip.lightning.resume import (
     TrainingPosition,
@@ -348,6 +348,8 @@ class PeftClipModule(L.LightningModule):
 
     # ------------------------------------------------------------------- fitting from data
     def _frozen_head(self, templates: str | list[str] | None = None) -> torch.Tensor:
+        # A family name (``kgcoop``) means its templates for the trained dataset.
+        templates = templates_of_dataset(templates, self.trainer.datamodule.dataset_name)
         return self.classifier.frozen_head(self.classnames, templates)
 
     @property
