@@ -10,6 +10,7 @@ from torch import nn
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
 from peftclip.adapters.base import HeadInput, implements
 from peftclip.backbone import FrozenClip, TextFeatureCache, template_head, zero_shot_head
+from peftclip.backbone.shared_prefix import encode_text_shared_prefix, shareable_prefix
 from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
 
@@ -27,6 +28,9 @@ class PeftClipClassifier(nn.Module):
         text_cache: Cache of frozen text features (in memory and optionally on disk).
         logit_scale: A fixed temperature of the cosine head instead of the checkpoint's
             ``exp(logit_scale)`` (the official CLIP-SVD code multiplies by 100).
+        share_text_prefix: Encode the prompt start that all classes share once
+            (:mod:`peftclip.backbone.shared_prefix`; exact). ``False`` forces the plain path,
+            for debugging.
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class PeftClipClassifier(nn.Module):
         text_chunk_size: int = 256,
         text_cache: TextFeatureCache | None = None,
         logit_scale: float | None = None,
+        share_text_prefix: bool = True,
     ) -> None:
         super().__init__()
         check_composition(adapters)
@@ -46,6 +51,7 @@ class PeftClipClassifier(nn.Module):
         self.text_chunk_size = text_chunk_size
         self.text_cache = text_cache if text_cache is not None else TextFeatureCache()
         self.fixed_logit_scale = logit_scale
+        self.share_text_prefix = share_text_prefix
         self._eval_head: tuple[tuple, torch.Tensor] | None = None
         for adapter in self.adapters:
             adapter.attach(backbone)
@@ -120,7 +126,11 @@ class PeftClipClassifier(nn.Module):
                 # Adapted text weights: recomputed (with gradients while training), never
                 # served from the cache of frozen features.
                 features = template_head(
-                    self.backbone, classnames, self.templates, self.text_chunk_size
+                    self.backbone,
+                    classnames,
+                    self.templates,
+                    self.text_chunk_size,
+                    self.share_text_prefix,
                 )
             else:
                 features = self.frozen_head(classnames)
@@ -142,11 +152,26 @@ class PeftClipClassifier(nn.Module):
             )
         templates = self.templates if templates is None else resolve_templates(templates)
         return zero_shot_head(
-            self.backbone, classnames, templates, self.text_chunk_size, self.text_cache
+            self.backbone,
+            classnames,
+            templates,
+            self.text_chunk_size,
+            self.text_cache,
+            self.share_text_prefix,
         )
 
     def _encode_text_input(self, text_input: TextInput, prompts: Prompts) -> torch.Tensor:
         embeddings, pool_index = text_input.embeddings, text_input.pool_index
+        shared = self.share_text_prefix and shareable_prefix(
+            self.backbone, text_input.shared_prefix, pool_index, prompts.text_deep
+        )
+        if shared:
+            # One group of classes, or one per image for image-conditioned prompts.
+            groups = embeddings if embeddings.dim() == 4 else embeddings.unsqueeze(0)
+            features = encode_text_shared_prefix(
+                self.backbone, groups, pool_index, shared, prompts.text_deep
+            )
+            return features if embeddings.dim() == 4 else features[0]
         if embeddings.dim() == 3:
             return self.backbone.encode_text(embeddings, pool_index, prompts.text_deep)
         # Image-conditioned prompts (batch, classes, L, width): one batched call over all

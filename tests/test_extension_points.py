@@ -27,9 +27,9 @@ def test_the_frozen_head_of_a_step_is_computed_once_per_class_set(tmp_path, monk
     calls = []
     original = text_module.template_head
 
-    def counted(backbone, classnames, templates, chunk_size=256):
+    def counted(backbone, classnames, templates, *args):
         calls.append((tuple(classnames), tuple(templates)))
-        return original(backbone, classnames, templates, chunk_size)
+        return original(backbone, classnames, templates, *args)
 
     monkeypatch.setattr(text_module, "template_head", counted)
     cli = _fit(tmp_path, "--model.adapters+=tests.toy_adapters.ToyAnchorLoss",

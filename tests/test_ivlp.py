@@ -14,7 +14,9 @@ CLASSES = ["sea_lion", "dog", "golden retriever"]
 
 def test_independent_prompts_land_where_specified(tiny_backbone):
     ivlp = IVLP(n_text=2, n_vision=3, text_depth=2, vision_depth=2)
-    classifier = PeftClipClassifier(tiny_backbone, [ivlp]).eval()
+    # Block hooks see the plain path's inputs (the shared-prefix path, tested equal in
+    # tests/test_shared_prefix.py, runs the blocks' parts, not their forward).
+    classifier = PeftClipClassifier(tiny_backbone, [ivlp], share_text_prefix=False).eval()
     model = tiny_backbone.model
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

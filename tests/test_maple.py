@@ -14,7 +14,9 @@ CLASSES = ["sea_lion", "dog", "golden retriever"]
 
 def test_prompts_land_at_the_specified_positions_and_layers(tiny_backbone):
     maple = MaPLe(n_ctx=2, prompt_depth=2)
-    classifier = PeftClipClassifier(tiny_backbone, [maple]).eval()
+    # Block hooks see the plain path's inputs (the shared-prefix path, tested equal in
+    # tests/test_shared_prefix.py, runs the blocks' parts, not their forward).
+    classifier = PeftClipClassifier(tiny_backbone, [maple], share_text_prefix=False).eval()
     model = tiny_backbone.model
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

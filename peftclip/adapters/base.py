@@ -31,10 +31,16 @@ class TextInput:
         embeddings: ``(classes, L, width)``, or ``(batch, classes, L, width)`` for
             image-conditioned prompts.
         pool_index: ``(classes,)`` position of the pooled (EOT) token of each prompt.
+        shared_prefix: How many leading rows are the same function of the adapter's tensors in
+            every class prompt (of each image, for image-conditioned prompts), e.g.
+            ``[SOS][ctx…]`` of one shared context. The classifier then encodes them once
+            (:mod:`peftclip.backbone.shared_prefix`); equal values are not enough (CSC contexts
+            that happen to be equal still get one gradient each). 0: nothing is shared.
     """
 
     embeddings: torch.Tensor
     pool_index: torch.Tensor
+    shared_prefix: int = 0
 
 
 @dataclass

@@ -70,7 +70,8 @@ class CoCoOp(CoOp):
             ],
             dim=2,
         )  # (batch, classes, L, width)
-        return TextInput(embeddings, tensors["pool_index"])
+        # Image b's shifted context is the same in all of its class prompts.
+        return TextInput(embeddings, tensors["pool_index"], self._shared_prefix(tensors))
 
 
 register_adapter("cocoop", CoCoOp)

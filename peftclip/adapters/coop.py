@@ -22,6 +22,7 @@ from torch import nn
 from peftclip.adapters.base import Adapter, TextInput
 from peftclip.adapters.registry import register_adapter
 from peftclip.backbone import FrozenClip
+from peftclip.backbone.shared_prefix import common_token_prefix
 from peftclip.errors import PeftClipError
 
 
@@ -124,9 +125,17 @@ class CoOp(Adapter):
             "pool_index": backbone.pool_index(tokens),
             "name_lengths": name_lengths,
             "frozen_init_length": prefix_length - self.n_ctx,
+            # Leading positions whose token is the same in every prompt: [SOS], the context
+            # placeholders, frozen init words (and any first word all class names share).
+            "common_tokens": common_token_prefix(tokens),
         }
         self._class_buffers = (key, buffers)
         return buffers
+
+    def _shared_prefix(self, buffers: dict[str, torch.Tensor]) -> int:
+        """Rows every class prompt shares with the class token at the end: those of identical
+        tokens, where the learned positions hold the one context (with CSC, none)."""
+        return 0 if self.csc else buffers["common_tokens"]
 
     def text_input(
         self,
@@ -145,7 +154,8 @@ class CoOp(Adapter):
                 f"classify {len(prefix)}; CSC does not transfer to other class sets."
             )
         if self.class_token_position == "end":
-            return TextInput(torch.cat([prefix, ctx, suffix], dim=1), buffers["pool_index"])
+            embeddings = torch.cat([prefix, ctx, suffix], dim=1)
+            return TextInput(embeddings, buffers["pool_index"], self._shared_prefix(buffers))
         # The frozen init tokens travel with the context (the official code has no rule here: it
         # would cut them as if they were the class name).
         frozen, half = buffers["frozen_init_length"], self.n_ctx // 2

@@ -63,16 +63,32 @@ class SplitAttention(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         if need_weights:
             raise ValueError("SplitAttention does not return attention weights")
+        keys, values = self._heads(self.k(key)), self._heads(self.v(value))
+        return self.attend(query, keys, values, attn_mask), None
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``x`` ``(batch, length, width)``, split into heads
+        ``(batch, heads, length, head_width)``."""
+        return self._heads(self.k(x)), self._heads(self.v(x))
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of ``query`` ``(batch, length, width)`` over projected keys and values
+        (:meth:`keys_values` layout); shared-prefix text encoding passes keys it computed once.
+        """
         batch, length, width = query.shape
         q = self._heads(self.q(query))
-        k = self._heads(self.k(key))
-        v = self._heads(self.v(value))
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             # Under autocast q is low precision while open_clip hands over an fp32 mask.
             attn_mask = attn_mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
         out = out.transpose(1, 2).reshape(batch, length, width)
-        return self.o(out), None
+        return self.o(out)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape

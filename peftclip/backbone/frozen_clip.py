@@ -195,7 +195,13 @@ class FrozenClip(nn.Module):
             if prompt is not None:
                 x = _replace_tokens(x, prompt, start=1)
             x = block(x, attn_mask=mask)
-        x = model.ln_final(x)
+        return self.pool_text(x, pool_index)
+
+    def pool_text(self, hidden: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        """Text features from the last block's states ``(n, L, width)``: ``ln_final``, the
+        state at ``pool_index`` ``(n,)``, the text projection."""
+        model = self.model
+        x = model.ln_final(hidden)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]
         projection = model.text_projection
         if isinstance(projection, nn.Linear):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from peftclip.atomic_files import atomic_path
+from peftclip.backbone import shared_prefix
 from peftclip.backbone.frozen_clip import FrozenClip
 from peftclip.errors import PeftClipError
 
@@ -83,23 +84,26 @@ def template_head(
     classnames: Sequence[str],
     templates: Sequence[str],
     chunk_size: int = 256,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """Normalized class text features ``(classes, embed_dim)`` from a template ensemble.
 
     Per class: mean of the L2-normalized features over templates, re-normalized
     (docs/methods/index.md#notation-and-the-shared-forward).
     Prompts are encoded ``chunk_size`` at a time so 1000 classes × 80 templates fit in memory.
-    Differentiable: weight-space adapters on the text tower train through it.
+    Differentiable: weight-space adapters on the text tower train through it. With
+    ``share_prefix`` the template words before the class name are encoded once per chunk
+    (:mod:`peftclip.backbone.shared_prefix`, exact).
     """
     templates = _checked_templates(templates)
+    encode = shared_prefix.encode_text_tokens if share_prefix else FrozenClip.encode_text_tokens
     total = None
     for template in templates:
         prompts = class_prompts(classnames, template)
         features = torch.cat(
             [
                 F.normalize(
-                    backbone.encode_text_tokens(backbone.tokenize(prompts[i : i + chunk_size])),
-                    dim=-1,
+                    encode(backbone, backbone.tokenize(prompts[i : i + chunk_size])), dim=-1
                 )
                 for i in range(0, len(prompts), chunk_size)
             ]
@@ -115,13 +119,14 @@ def zero_shot_head(
     templates: Sequence[str],
     chunk_size: int = 256,
     cache: TextFeatureCache | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """:func:`template_head` of the frozen CLIP, cached by (backbone, templates, class names)."""
     templates = _checked_templates(templates)
     key = TextFeatureCache.key(backbone, templates, classnames) if cache is not None else None
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit.to(backbone.model.logit_scale.device)
-    head = template_head(backbone, classnames, templates, chunk_size)
+    head = template_head(backbone, classnames, templates, chunk_size, share_prefix)
     if cache is not None:
         cache.put(key, head)
     return head

@@ -104,6 +104,8 @@ class PeftClipModule(L.LightningModule):
         logit_scale: A fixed temperature of the cosine head instead of the checkpoint's
             ``exp(logit_scale)`` (the official CLIP-SVD code uses 100); ``None``: the
             checkpoint's.
+        share_text_prefix: Encode the prompt start all classes share once (exact, see
+            docs/performance.md); ``false`` forces the plain text path, for debugging.
         frozen_backbone: An already loaded frozen CLIP to build on instead of loading
             ``backbone`` again (Python only; e.g. a protocol's zero-shot baseline shares the
             trained module's backbone). ``backbone`` then only names it.
@@ -122,6 +124,7 @@ class PeftClipModule(L.LightningModule):
         text_cache_dir: str | None = None,
         precision_profile: PrecisionProfile = "modern",
         logit_scale: float | None = None,
+        share_text_prefix: bool = True,
         *,
         frozen_backbone: FrozenClip | None = None,
     ) -> None:
@@ -161,6 +164,7 @@ class PeftClipModule(L.LightningModule):
             text_chunk_size=text_chunk_size,
             text_cache=TextFeatureCache(text_cache_dir),
             logit_scale=logit_scale,
+            share_text_prefix=share_text_prefix,
         )
         apply_precision_profile(
             self.classifier.backbone, self.classifier.adapters, precision_profile
