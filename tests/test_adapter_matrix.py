@@ -5,11 +5,15 @@ import torch
 
 import peftclip.adapters  # noqa: F401  (registers the shipped adapters)
 from peftclip.adapters import WeightSpaceAdapter, get_adapter_class, list_adapters
+from peftclip.adapters.base import implements
 from peftclip.backbone import load_backbone
 from peftclip.classifier import PeftClipClassifier
 from peftclip.lightning.cli import PeftClipCLI
 
 SHIPPED = [n for n in list_adapters() if get_adapter_class(n).__module__.startswith("peftclip.")]
+#: Methods whose tensors come from the training features (fit_from_data) take no gradient
+#: before they are fitted; tests/test_feature_methods.py fits, counts and round-trips each.
+GRADIENT_TRAINED = [n for n in SHIPPED if not implements(get_adapter_class(n)(), "fit_from_data")]
 CLASSES = ["red", "green", "blue"]
 #: Settings that fit the 2-block tiny test model (defaults are the papers', e.g. 9 layers).
 TINY_SETTINGS = {
@@ -27,7 +31,7 @@ def _backbone_for(name, shared):
     return shared
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", GRADIENT_TRAINED)
 def test_forward_backward_and_state_round_trip(tiny_backbone, name):
     torch.manual_seed(0)
     settings = TINY_SETTINGS.get(name, {})

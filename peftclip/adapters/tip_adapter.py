@@ -20,7 +20,6 @@ from peftclip.adapters.registry import register_adapter
 from peftclip.adapters.selection import (
     SELECTION_RULE,
     SelectionSplit,
-    accuracy,
     check_selection_split,
     selection_set,
 )
@@ -115,15 +114,21 @@ class TipAdapter(Adapter):
         zero_shot = selection.zero_shot_logits()
         with torch.no_grad():
             affinity = cache_affinity(selection.features, self.keys)
-            best, best_accuracy = self.initial, 0.0
+            best, best_correct = self.initial, 0
             betas = search_grid(self.search_scale[0], self.search_steps[0])
             alphas = search_grid(self.search_scale[1], self.search_steps[1])
+            alpha_column = torch.tensor(alphas, device=affinity.device)[:, None, None]
+            key_labels = self.values.argmax(dim=1)
+            empty = torch.zeros(len(affinity), self.values.shape[1], device=affinity.device)
             for beta in betas:
-                cache = cache_logits(affinity, self.values, 1.0, beta)
-                for alpha in alphas:
-                    value = accuracy(zero_shot + alpha * cache, selection.labels)
-                    if value > best_accuracy:
-                        best, best_accuracy = (alpha, beta), value
+                # φ(A) L with one-hot L: a sum of φ's columns per class (no NK × C product).
+                cache = empty.index_add(1, key_labels, torch.exp(-beta * (1 - affinity)))
+                # Every α of the inner loop at once: (alphas, images, classes).
+                predicted = (zero_shot + alpha_column * cache).argmax(dim=-1)
+                correct = (predicted == selection.labels).sum(dim=-1)
+                top = int(correct.max())
+                if top > best_correct:  # strictly better; the first α of the row's maximum
+                    best, best_correct = (alphas[int(correct.argmax())], beta), top
         return torch.tensor(best, device=self.keys.device)
 
     def extra_logits(self, inputs: HeadInput) -> torch.Tensor:

@@ -327,7 +327,10 @@ class PeftClipCLI(LightningCLI):
         # The zero-shot baseline is evaluated in the same run folder, as a run of its own.
         runs = {
             "method": (
-                self._run_dir.name, cell, trainable_parameters(self.model), self.model.selection_rule
+                self._run_dir.name,
+                cell,
+                trainable_parameters(self.model),
+                self.model.selection_rule,
             ),
             "zero_shot": (f"{self._run_dir.name}/zero-shot", {**cell, "methods": []}, 0, "last"),
         }
