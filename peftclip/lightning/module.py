@@ -382,11 +382,15 @@ class PeftClipModule(L.LightningModule):
         for adapter in selecting:
             adapter.after_training(self.selection_set)
         if selecting and not self.fitted_only:
-            # The checkpoint callbacks wrote last.ckpt before this hook: write it again with
-            # what was selected after the last step.
+            # The checkpoint callbacks wrote the final state before this hook: write it again
+            # with what was selected after the last step (last.ckpt, and the newest checkpoint
+            # of an unmonitored callback; a monitored best one holds an earlier state).
             for callback in self.trainer.checkpoint_callbacks:
-                if getattr(callback, "last_model_path", ""):
-                    self.trainer.save_checkpoint(callback.last_model_path)
+                final = {getattr(callback, "last_model_path", "")}
+                if getattr(callback, "monitor", "") is None:
+                    final.add(callback.best_model_path)
+                for path in sorted(final - {""}):
+                    self.trainer.save_checkpoint(path)
         if not self.fitted_only:
             return
         # No epoch ran, so no epoch-end checkpoint was written: write the fitted state once
