@@ -447,7 +447,7 @@ def test_bad_input_is_one_line(fixture_db, capsys, arguments, expected):
     assert line.startswith(f"peftclip: error: {expected}")
     assert captured.out == "" and not out.exists()
     if "unknown method" in expected:
-        assert "coop, ivlp, kgcoop" in line  # the valid ones are listed
+        assert "coop, gda, ivlp, kgcoop" in line  # the valid ones are listed
 
 
 def test_missing_and_empty_databases_are_one_line(tmp_path, capsys):

@@ -95,7 +95,9 @@ def test_every_prompt_learner_has_a_recipe_per_protocol():
 
 
 @pytest.mark.parametrize(
-    "recipe", sorted(RECIPES.glob("*/fewshot.yaml")), ids=lambda path: path.parent.name
+    "recipe",
+    sorted([*RECIPES.glob("*/fewshot.yaml"), *RECIPES.glob("*/world/fewshot.yaml")]),
+    ids=lambda path: str(path.parent.relative_to(RECIPES)),
 )
 def test_fewshot_recipe_fits_then_tests_from_its_checkpoint(data_root, tmp_path, recipe):
     args = _tiny_args(recipe, data_root, tmp_path)

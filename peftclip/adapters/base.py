@@ -105,12 +105,47 @@ class TrainingFeatures:
         labels: ``(images,)`` labels, the same order in every view.
         classnames: The training class set.
         frozen_head: As in :class:`StepContext`.
+        selection: ``selection(split)`` — the :class:`SelectionSet` of a split that
+            hyperparameters are selected on (:data:`SELECTION_SPLITS`); ``None`` where the run
+            has none (a Python caller's features).
     """
 
     features: torch.Tensor
     labels: torch.Tensor
     classnames: Sequence[str]
     frozen_head: FrozenHead
+    selection: Callable[[str], SelectionSet] | None = None
+
+
+#: The splits a method may select its hyperparameters on (docs/methods/index.md#selection):
+#: the few-shot val sample (the default), the dataset's full val split and the test split (the
+#: Tip-Adapter lineage's rules, allowed only with a method's ``faithful`` switch).
+SELECTION_SPLITS = ("fewshot_val", "full_val", "test")
+
+
+@dataclass
+class SelectionSet:
+    """Frozen image features of a labelled split that hyperparameters are selected on.
+
+    Attributes:
+        split: Which split (one of :data:`SELECTION_SPLITS`).
+        features: ``(images, d)`` raw (un-normalized) features, evaluation transform.
+        labels: ``(images,)`` labels of the training class set.
+        logit_scale: The temperature the run's cosine head multiplies by.
+        text_features: ``(classes, d)`` the frozen CLIP's normalized zero-shot head of the class
+            set (what a method adds its own logits to).
+    """
+
+    split: str
+    features: torch.Tensor
+    labels: torch.Tensor
+    logit_scale: torch.Tensor
+    text_features: torch.Tensor
+
+    def zero_shot_logits(self) -> torch.Tensor:
+        """``(images, classes)`` logits of zero-shot CLIP on the split."""
+        image = torch.nn.functional.normalize(self.features.float(), dim=-1)
+        return self.logit_scale * image @ self.text_features.float().T
 
 
 class Adapter(nn.Module):
@@ -128,6 +163,9 @@ class Adapter(nn.Module):
     * ``fit_from_data(data)`` — fits or initialises the method from frozen image features of
       the training split before any gradient step (:class:`TrainingFeatures`). A method with
       no trainable parameters is fitted only: ``peftclip fit`` takes zero optimizer steps.
+    * ``after_training(selection)`` — runs once when a fit's last optimizer step is done, with
+      ``selection(split)`` as in :class:`TrainingFeatures` (Tip-Adapter-F's (α, β) search);
+      the run's last checkpoint is written again afterwards.
     * ``set_run_length(run)`` — receives the run's length from the trainer (rank schedules).
     * ``after_optimizer_step(step)`` — e.g. a proximal step.
     * ``begin_task(task)`` / ``end_task(task)`` — task boundaries of a continual stream.
@@ -181,6 +219,10 @@ class Adapter(nn.Module):
 
     def fit_from_data(self, data: TrainingFeatures) -> None:
         """Fits the method's tensors from the training split's frozen image features."""
+
+    def after_training(self, selection: Callable[[str], SelectionSet]) -> None:
+        """Runs after the last optimizer step of a fit (hyperparameters chosen on trained
+        tensors)."""
 
     def set_run_length(self, run: RunLength) -> None:
         """Receives the training run's length before the first step."""

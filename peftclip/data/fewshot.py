@@ -18,19 +18,37 @@ from peftclip.data.registry import ClassificationData
 from peftclip.errors import PeftClipError
 
 
-def sample_per_class(labels: Sequence[int], shots: int, rng: random.Random) -> list[int]:
+def sample_per_class(
+    labels: Sequence[int], shots: int, rng: random.Random, repeat: bool = False
+) -> list[int]:
     """Dassl's ``generate_fewshot_dataset`` on one list, returning positions into ``labels``.
 
     Classes are visited in first-appearance order; a class with at least ``shots`` items gets
-    ``rng.sample(items, shots)``, a smaller class keeps all its items (no repetition).
+    ``rng.sample(items, shots)``; a smaller class keeps all its items (no repetition), or with
+    ``repeat`` (the Tip-Adapter lineage's ``repeat=True``) gets ``rng.choices(items, k=shots)``.
     """
     by_label: dict[int, list[int]] = {}
     for position, label in enumerate(labels):
         by_label.setdefault(label, []).append(position)
     chosen = []
     for items in by_label.values():
-        chosen += rng.sample(items, shots) if len(items) >= shots else items
+        if len(items) >= shots:
+            chosen += rng.sample(items, shots)
+        else:
+            chosen += rng.choices(items, k=shots) if repeat else items
     return chosen
+
+
+#: The samplers that draw a sample (docs/datasets.md#few-shot-samples): per split, the shots
+#: of a K-shot sample and whether a short class is filled by repetition, in drawing order.
+#: ``tip_train_only`` draws train exactly as Tip-Adapter and GDA do (their first draw after
+#: seeding; they select on the full val split), then peftclip's few-shot val; ``lpp`` is LP++'s
+#: K train then K val images per class, both repeat-filled.
+SAMPLERS = {
+    "dassl": lambda k: (("train", k, False), ("val", min(k, 4), False)),
+    "tip_train_only": lambda k: (("train", k, True), ("val", min(k, 4), False)),
+    "lpp": lambda k: (("train", k, True), ("val", k, True)),
+}
 
 
 MANIFEST_FORMAT = "peftclip-fewshot/1"
@@ -85,7 +103,7 @@ def few_shot(
             sample = _apply_manifest(data, path)
             _warn_short_classes(sample, shots)
             return sample
-    if sampler != "dassl":
+    if sampler not in SAMPLERS:
         raise PeftClipError(
             f"no imported '{sampler}' manifest for {data.name}, {shots} shots, seed {seed} "
             f"(looked for '{path}'). Import it with `peftclip data import-pkl`."
@@ -93,13 +111,13 @@ def few_shot(
     rng = random.Random(seed)
     identity = {label: label for label in range(len(data.classnames))}
     splits = dict(data.splits)
-    for split, k in (("train", shots), ("val", min(shots, 4))):
+    for split, k, repeat in SAMPLERS[sampler](shots):
         if split in splits:
-            positions = sample_per_class(splits[split].targets, k, rng)
+            positions = sample_per_class(splits[split].targets, k, rng, repeat)
             splits[split] = splits[split].subset(positions, identity)
     sample = replace(data, splits=splits)
     if path is not None:
-        _write_manifest(sample, data, shots, seed, path)
+        _write_manifest(sample, data, shots, seed, path, sampler)
     _warn_short_classes(sample, shots)
     return sample
 
@@ -134,7 +152,7 @@ def _warn_short_classes(sample: ClassificationData, shots: int) -> None:
         warnings.warn(f"data.shots is {shots}, but {short}.", stacklevel=3)
 
 
-def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:
+def _write_manifest(sample, data, shots: int, seed: int, path: Path, sampler: str) -> None:
     try:
         entries = {
             split: [
@@ -151,7 +169,7 @@ def _write_manifest(sample, data, shots: int, seed: int, path: Path) -> None:
         "dataset": data.name,
         "shots": shots,
         "seed": seed,
-        "sampler": "dassl",
+        "sampler": sampler,
         "source_split": {
             "file": data.split_file.name if data.split_file else None,
             "sha256": source_sha256(data),

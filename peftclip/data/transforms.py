@@ -21,15 +21,22 @@ def _finish() -> list:
 
 
 def build_transform(name: str, image_size: int = 224) -> Callable:
-    """One of ``dassl_train``, ``dassl_test``, ``zscl_train``, ``zscl_test``, ``openclip_train``.
+    """One of ``dassl_train``, ``dassl_test``, ``tip_train``, ``zscl_train``, ``zscl_test``,
+    ``openclip_train``.
 
     * ``dassl_train``: RandomResizedCrop(scale 0.08–1, bicubic) + horizontal flip (CoOp family).
+    * ``tip_train``: RandomResizedCrop(scale 0.5–1, bicubic) + horizontal flip (Tip-Adapter,
+      GDA, LP++; GDA's ImageNet loader alone uses ``dassl_train``'s scale).
     * ``dassl_test`` = ``zscl_test``: Resize(shorter side, bicubic) + CenterCrop.
     * ``zscl_train`` = ``openclip_train``: RandomResizedCrop(scale 0.9–1, bicubic), no flip.
     """
     crop = {
         "dassl_train": [
             T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=BICUBIC),
+            T.RandomHorizontalFlip(0.5),
+        ],
+        "tip_train": [
+            T.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=BICUBIC),
             T.RandomHorizontalFlip(0.5),
         ],
         "zscl_train": [T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=BICUBIC)],

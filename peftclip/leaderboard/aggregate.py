@@ -112,6 +112,9 @@ class Board:
         columns: The column keys: ``base``, ``new``, ``hm``; K (few_shot); ``top1`` (dg, xd).
         rows: The rows, datasets in the papers' order, then the average.
         notes: What a reader must know about the numbers (duplicates, incomplete averages).
+        selection_rule: How the runs' models were chosen (results records' ``selection_rule``):
+            a table of the anchors' rules (``best_full_val``, ``best_test``) is never merged
+            with one of the clean rules, and its title says so.
     """
 
     protocol: str
@@ -124,6 +127,7 @@ class Board:
     columns: tuple
     rows: tuple[Row, ...]
     notes: tuple[str, ...] = ()
+    selection_rule: str = "last"
 
     @property
     def seeds(self) -> tuple:
@@ -178,6 +182,7 @@ def _board_key(record: ResultRecord) -> tuple:
         backbone.get("pretrained"),
         fixed_shots,
         source,
+        record.selection_rule,
     )
 
 
@@ -295,7 +300,7 @@ def build_boards(
         per_board[_board_key(record)].append(record)
     boards = []
     for key in sorted(per_board, key=lambda k: (k[0] != "zeroshot", *map(str, k))):
-        method, profile, backbone, pretrained, shots, source = key
+        method, profile, backbone, pretrained, shots, source, selection_rule = key
         found = per_board[key]
         values: dict[tuple, dict] = defaultdict(dict)  # (row, column) → seed → top-1
         for record in found:
@@ -335,6 +340,7 @@ def build_boards(
                 columns,
                 tuple(rows),
                 tuple(notes),
+                selection_rule,
             )
         )
     return boards

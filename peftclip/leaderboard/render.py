@@ -100,12 +100,21 @@ def _seeds_text(seeds: tuple) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
+#: How a table's title marks the anchors' selection rules (docs/methods/index.md#selection).
+ANCHOR_SELECTION = {
+    "best_full_val": "selected on the full val split (anchor rule)",
+    "best_test": "selected on test (anchor rule)",
+}
+
+
 def board_title(board: Board) -> str:
     """``coop · profile modern · ViT-B-16 (openai) · 16 shots · source imagenet · seeds 1, 2``."""
     backbone = board.backbone or "backbone not recorded"
     if board.pretrained:
         backbone += f" ({board.pretrained})"
     parts = [board.method, f"profile {board.profile or 'not recorded'}", backbone]
+    if board.selection_rule in ANCHOR_SELECTION:
+        parts.append(ANCHOR_SELECTION[board.selection_rule])
     if board.shots is not None:
         parts.append(f"{board.shots} shots")
     if board.source is not None:

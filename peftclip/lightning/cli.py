@@ -326,11 +326,16 @@ class PeftClipCLI(LightningCLI):
         dataset, cell = self.config.data.dataset, self.cell("base2new")
         # The zero-shot baseline is evaluated in the same run folder, as a run of its own.
         runs = {
-            "method": (self._run_dir.name, cell, trainable_parameters(self.model)),
-            "zero_shot": (f"{self._run_dir.name}/zero-shot", {**cell, "methods": []}, 0),
+            "method": (
+                self._run_dir.name,
+                cell,
+                trainable_parameters(self.model),
+                self.model.selection_rule,
+            ),
+            "zero_shot": (f"{self._run_dir.name}/zero-shot", {**cell, "methods": []}, 0, "last"),
         }
         records = []
-        for who, (run_id, run_cell, trainable) in runs.items():
+        for who, (run_id, run_cell, trainable, rule) in runs.items():
             halves = {(dataset, half): metrics for half, metrics in result.counts[who].items()}
             records += evaluation_records(
                 halves,
@@ -338,6 +343,7 @@ class PeftClipCLI(LightningCLI):
                 cell=run_cell,
                 recipe=self._recipe,
                 trainable_params=trainable,
+                selection_rule=rule,
                 wall_time_s=wall_time_s,
             )
         store_records(self.config.results_db, records)

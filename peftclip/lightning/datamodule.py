@@ -40,13 +40,15 @@ class PeftClipDataModule(L.LightningDataModule):
         seed: Seed of the few-shot sample.
         cache_dir: Where few-shot manifests are kept (default ``<root>/.peftclip``; set it
             for a read-only data root).
-        sampler: ``dassl`` (draw, or reuse the drawn manifest) or ``dassl-pkl`` (a manifest
-            imported from Dassl's pkl with ``peftclip data import-pkl``).
+        sampler: ``dassl`` (draw, or reuse the drawn manifest), ``dassl-pkl`` (a manifest
+            imported from Dassl's pkl with ``peftclip data import-pkl``), or the Tip-Adapter
+            lineage's ``tip_train_only`` / ``lpp`` (docs/datasets.md#few-shot-samples).
         subsample: ``all`` classes, or the ``base`` / ``new`` half
             (docs/protocols/base-to-new.md), taken after few-shot sampling.
         train_transform: ``backbone`` (open_clip's training transform of the model), ``eval``
             (the evaluation transform: no augmentation), or a named transform of
-            docs/datasets.md#transforms (``dassl_train``, ``zscl_train``, ``openclip_train``).
+            docs/datasets.md#transforms (``dassl_train``, ``tip_train``, ``zscl_train``,
+            ``openclip_train``).
         eval_transform: ``backbone`` or ``dassl_test`` / ``zscl_test``.
         eval_datasets: Further datasets (same root) whose test splits ``test`` evaluates too,
             each with a head of its own classes: ImageNet → variants (domain generalization),
@@ -71,7 +73,7 @@ class PeftClipDataModule(L.LightningDataModule):
         shots: int | None = None,
         seed: int = 1,
         cache_dir: str | None = None,
-        sampler: Literal["dassl", "dassl-pkl"] = "dassl",
+        sampler: Literal["dassl", "dassl-pkl", "tip_train_only", "lpp"] = "dassl",
         subsample: Literal["all", "base", "new"] = "all",
         train_transform: str = "backbone",
         eval_transform: str = "backbone",
@@ -116,6 +118,7 @@ class PeftClipDataModule(L.LightningDataModule):
         self.order_seed: int | None = None
         self._resume_at: tuple[int, int] | None = None
         self._train_sampler: EpochSampler | None = None
+        self._evaluation_transform: Callable | None = None
 
     @property
     def data(self) -> ClassificationData:
@@ -163,6 +166,7 @@ class PeftClipDataModule(L.LightningDataModule):
         the recipe says ``backbone``; named transforms are built at ``image_size``."""
         if self.eval_transform != "backbone":
             evaluation = build_transform(self.eval_transform, image_size)
+        self._evaluation_transform = evaluation
         if self.train_transform == "eval":
             train = evaluation
         elif self.train_transform != "backbone":
@@ -245,6 +249,41 @@ class PeftClipDataModule(L.LightningDataModule):
                 f"is in epoch {epoch}; this Lightning version restores checkpoints in an order "
                 "peftclip does not support (docs/resuming.md)."
             )
+
+    def selection_dataloader(self, split: str) -> DataLoader:
+        """A split hyperparameters are selected on, in order, with the evaluation transform
+        (docs/methods/index.md#selection): ``fewshot_val`` (the sampled val split), ``full_val``
+        (the dataset's whole val split, of the same class half) or ``test``.
+
+        Raises:
+            PeftClipError: The dataset has no such split.
+        """
+        if split == "fewshot_val":
+            if self.shots is None:
+                raise PeftClipError(
+                    "selection on the few-shot val split needs data.shots (a few-shot sample); "
+                    "with the full splits use selection_split: full_val (faithful)."
+                )
+            return self._selection_loader(self.data, "val")
+        if split == "test":
+            return self._selection_loader(self.data, "test")
+        if split != "full_val":
+            raise PeftClipError(f"unknown selection split '{split}' (fewshot_val, full_val, test).")
+        full = build_dataset(self.dataset_name, self.root, **self.options)
+        if self.subsample != "all":
+            full = base_new_split(full, self.subsample)
+        if "val" in full.splits:
+            full.splits["val"].transform = self._evaluation_transform
+        return self._selection_loader(full, "val")
+
+    def _selection_loader(self, data: ClassificationData, split: str) -> DataLoader:
+        if split not in data.splits or len(data.splits[split]) == 0:
+            raise PeftClipError(
+                f"hyperparameter selection needs the '{split}' split of dataset "
+                f"'{self.dataset_name}', which it does not have; choose another "
+                "selection_split of the method."
+            )
+        return self._loader(split, data)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val") if "val" in self.data.splits else []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import lightning as L
@@ -19,7 +19,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from peftclip.adapters import Adapter, StepContext, TrainingFeatures
+from peftclip.adapters import Adapter, SelectionSet, StepContext, TrainingFeatures
 from peftclip.adapters.base import implements
 from peftclip.adapters.official_names import shape_mismatch
 from peftclip.backbone import BackboneSpec, FrozenClip, TextFeatureCache, load_backbone
@@ -368,7 +368,8 @@ class PeftClipModule(L.LightningModule):
             return
         for adapter in self.adapters:
             if implements(adapter, "fit_from_data"):
-                adapter.fit_from_data(self.training_features(adapter.fit_views))
+                features = self.training_features(adapter.fit_views)
+                adapter.fit_from_data(replace(features, selection=self.selection_set))
 
     def on_train_start(self) -> None:
         if self.fitted_only:  # nothing to step: the fit ends before its first epoch
@@ -383,6 +384,19 @@ class PeftClipModule(L.LightningModule):
         self.trainer.datamodule.check_training_order(self.current_epoch)
 
     def on_train_end(self) -> None:
+        selecting = [a for a in self.adapters if implements(a, "after_training")]
+        for adapter in selecting:
+            adapter.after_training(self.selection_set)
+        if selecting and not self.fitted_only:
+            # The checkpoint callbacks wrote the final state before this hook: write it again
+            # with what was selected after the last step (last.ckpt, and the newest checkpoint
+            # of an unmonitored callback; a monitored best one holds an earlier state).
+            for callback in self.trainer.checkpoint_callbacks:
+                final = {getattr(callback, "last_model_path", "")}
+                if getattr(callback, "monitor", "") is None:
+                    final.add(callback.best_model_path)
+                for path in sorted(final - {""}):
+                    self.trainer.save_checkpoint(path)
         if not self.fitted_only:
             return
         # No epoch ran, so no epoch-end checkpoint was written: write the fitted state once
@@ -415,6 +429,33 @@ class PeftClipModule(L.LightningModule):
             classnames=list(self.classnames),
             frozen_head=self._frozen_head,
         )
+
+    # ----------------------------------------------------------- hyperparameter selection
+    @torch.no_grad()
+    def selection_set(self, split: str) -> SelectionSet:
+        """Raw frozen image features of a split that hyperparameters are selected on
+        (``fewshot_val``, ``full_val``, ``test``: docs/methods/index.md#selection), evaluation
+        transform, with the head's temperature and the frozen zero-shot head."""
+        loader = self.trainer.datamodule.selection_dataloader(split)
+        features, labels = [], []
+        with self.trainer.precision_plugin.forward_context():
+            for images, batch_labels in loader:
+                features.append(self.backbone.encode_image(images.to(self.device)).float())
+                labels.append(batch_labels)
+        return SelectionSet(
+            split=split,
+            features=torch.cat(features),
+            labels=torch.cat(labels).to(self.device),
+            logit_scale=self.classifier.logit_scale.detach().float(),
+            text_features=self._frozen_head(),
+        )
+
+    @property
+    def selection_rule(self) -> str:
+        """How the evaluated model was chosen, for results records: the rule of an adapter that
+        selects hyperparameters (``best_val``, ``best_full_val``, ``best_test``), else ``last``."""
+        rules = [getattr(a, "selection_rule", "last") for a in self.adapters]
+        return next((rule for rule in rules if rule != "last"), "last")
 
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):

@@ -60,6 +60,7 @@ class RecordResults(L.Callback):
             cell=self.cell,
             recipe=self.recipe,
             trainable_params=trainable_parameters(module),
+            selection_rule=module.selection_rule,
             wall_time_s=time.perf_counter() - self._started,
             peak_memory_mb=peak,
         )

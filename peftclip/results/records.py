@@ -23,9 +23,11 @@ from typing import Any
 
 import peftclip
 
-#: The checkpoint-selection rules a record may state (docs/protocols/index.md): the model after
-#: the final step, or the best one on the few-shot val split.
-SELECTION_RULES = ("last", "best_val")
+#: The selection rules a record may state (docs/protocols/index.md): the model after the final
+#: step, or the best one (checkpoint or hyperparameters) on the few-shot val split; and the
+#: Tip-Adapter lineage's rules, allowed only under a method's ``faithful`` switch
+#: (docs/methods/index.md#selection): best on the dataset's full val split, or on its test split.
+SELECTION_RULES = ("last", "best_val", "best_full_val", "best_test")
 #: What ``method`` says for a cell without adapters (zero-shot CLIP).
 ZERO_SHOT = "zeroshot"
 #: How far (percentage points) a given ``top1`` may differ from the one its counts give.
@@ -191,7 +193,8 @@ class ResultRecord:
         metrics: ``correct`` and ``total`` (per-class image counts, lists of ints, in label
             order), ``top1`` (in %, computed from the counts), ``macro_f1`` (in %, or None) and
             any further JSON-able values.
-        selection_rule: Which checkpoint was evaluated: ``last`` or ``best_val``.
+        selection_rule: How the evaluated model was chosen: ``last``, ``best_val`` (few-shot
+            val), ``best_full_val`` or ``best_test`` (:data:`SELECTION_RULES`).
         trainable_params: Trainable parameters of the evaluated model.
         wall_time_s: Seconds the run took (training and evaluation).
         peak_memory_mb: Peak accelerator memory of the run in MiB (None: not measured, e.g. CPU).
