@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,14 @@ from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
 from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
+from peftclip.image_cache import (
+    AUTO,
+    DEFAULT_MAX_GB,
+    ImageFeatureCache,
+    StorageDtype,
+    computation_identity,
+    image_list_hash,
+)
 from peftclip.lightning.resume import (
     TrainingPosition,
     random_states,
@@ -98,6 +107,13 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss.
         text_chunk_size: Prompts per text-encoder call when building frozen class features.
         text_cache_dir: Directory for cached frozen text features (none: memory only).
+        image_cache_dir: Directory of the image-feature cache, used when no adapter prompts
+            the image tower or changes its weights (docs/performance.md#image-feature-cache):
+            ``auto`` is ``$XDG_CACHE_HOME/peftclip/features``; ``null`` keeps the tables in
+            memory for this process only.
+        image_cache_max_gb: Cap of ``image_cache_dir`` (GB); least recently used tables go.
+        image_cache_dtype: How tables are stored: ``float32`` (exact) or ``float16`` (half the
+            size; the run then uses the rounded features, cold or warm alike).
         precision_profile: ``modern`` (fp32 weights; mixed precision comes from the trainer) or
             ``anchor_fp16`` (the CoOp family's fp16 layout; needs ``--trainer.precision
             32-true``), see :mod:`peftclip.precision`.
@@ -120,6 +136,9 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: float = 0.0,
         text_chunk_size: int = 256,
         text_cache_dir: str | None = None,
+        image_cache_dir: str | None = AUTO,
+        image_cache_max_gb: float = DEFAULT_MAX_GB,
+        image_cache_dtype: StorageDtype = "float32",
         precision_profile: PrecisionProfile = "modern",
         logit_scale: float | None = None,
         *,
@@ -145,6 +164,8 @@ class PeftClipModule(L.LightningModule):
                 "optimizer",
                 "scheduler",
                 "text_cache_dir",
+                "image_cache_dir",
+                "image_cache_max_gb",
                 "frozen_backbone",
             ]
         )
@@ -166,6 +187,11 @@ class PeftClipModule(L.LightningModule):
             self.classifier.backbone, self.classifier.adapters, precision_profile
         )
         self.precision_profile = precision_profile
+        self.image_cache = ImageFeatureCache(image_cache_dir, image_cache_max_gb, image_cache_dtype)
+        #: Whether image features come from feature tables (set up per stage): the data module
+        #: then serves sample indices, never images.
+        self.reads_feature_tables = False
+        self._tables: dict[tuple, torch.Tensor] = {}
         self.user_templates = templates
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -208,6 +234,12 @@ class PeftClipModule(L.LightningModule):
                 "command line links data.backbone to model.backbone)."
             )
         main = datamodule.data
+        self._tables = {}
+        self.reads_feature_tables = self.classifier.image_tower_frozen and all(
+            image_list_hash(split) is not None
+            for _, data in datamodule.test_sets
+            for split in data.splits.values()
+        )
         self.use_class_set(main.classnames, self.user_templates or main.templates, main.class_mask)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
         self.test_sets = [
@@ -248,17 +280,24 @@ class PeftClipModule(L.LightningModule):
         ).to(self.device)
 
     # ------------------------------------------------------------------------------- steps
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.classifier(images, self.classnames)
+    def forward(
+        self, images: torch.Tensor | None, image_features: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        outputs = self.classifier(images, self.classnames, image_features)
         if self.class_mask is not None:
             mask = self.class_mask.to(outputs["logits"].device)
             outputs["logits"] = outputs["logits"].masked_fill(~mask, float("-inf"))
         return outputs
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
+        """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset).
+
+        Reading feature tables, a batch holds sample indices instead of images."""
         images, labels = batch
-        outputs = self(images)
+        image_features = None
+        if self.reads_feature_tables:
+            images, image_features = None, self._stage_table(stage)[images]
+        outputs = self(images, image_features)
         logits = outputs["logits"].float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         if stage == "train":
@@ -384,31 +423,92 @@ class PeftClipModule(L.LightningModule):
         for callback in self.trainer.checkpoint_callbacks:
             self.trainer.save_checkpoint(callback.format_checkpoint_name({"epoch": 0, "step": 0}))
 
-    @torch.no_grad()
     def training_features(self, views: int = 1) -> TrainingFeatures:
-        """Raw frozen image features of the training split, ``views`` passes in a fixed order."""
-        passes, labels = [], None
-        with self.trainer.precision_plugin.forward_context():
-            for view in range(views):
-                # Each view its own augmentation seeds (the "epoch" of the in-order sampler).
-                loader = self.trainer.datamodule.train_dataloader(shuffle=False, epoch=view)
-                features, view_labels = [], []
-                for images, batch_labels in track(
-                    loader,
-                    description=f"image features, view {view + 1}/{views}",
-                    disable=not self.trainer.progress_bar_callback,
-                    transient=True,
-                ):
-                    features.append(self.backbone.encode_image(images.to(self.device)).float())
-                    view_labels.append(batch_labels)
-                passes.append(torch.cat(features))
-                labels = torch.cat(view_labels).to(self.device)
+        """Raw frozen image features of the training split, ``views`` passes in a fixed order
+        (view ``v`` augmented as epoch ``v`` of training), from the image-feature cache."""
+        train = self.trainer.datamodule.data.splits["train"]
+        features = [self._feature_table(train, "train", view) for view in range(views)]
         return TrainingFeatures(
-            features=torch.stack(passes),
-            labels=labels,
+            features=torch.stack(features).float(),
+            labels=torch.as_tensor(train.targets, dtype=torch.long, device=self.device),
             classnames=list(self.classnames),
             frozen_head=self._frozen_head,
         )
+
+    # ----------------------------------------------------------------------- feature tables
+    def _stage_table(self, stage: str) -> torch.Tensor:
+        """The feature table a stage's batches index: this epoch's view of the training
+        split, the val split, or the test split of the i-th evaluation dataset."""
+        datamodule = self.trainer.datamodule
+        if stage == "train":
+            return self._feature_table(datamodule.data.splits["train"], "train", self.current_epoch)
+        if stage == "val":
+            return self._feature_table(datamodule.data.splits["val"], "val")
+        name, data = datamodule.test_sets[int(stage.removeprefix("test"))]
+        return self._feature_table(data.splits["test"], "test", name=name)
+
+    def _feature_table(
+        self, dataset, split: str, view: int = 0, name: str | None = None
+    ) -> torch.Tensor:
+        """Raw image features ``(images, d)`` of every image of ``dataset`` (a split of the
+        data module's dataset ``name``, default the main one) in order, view ``view``, on the
+        module's device: from the image-feature cache when the tower is frozen and unprompted.
+        """
+        datamodule = self.trainer.datamodule
+        identity = datamodule.view_identity(dataset, view)
+        memo = (id(dataset), json.dumps(identity["view"]))
+        if memo in self._tables:
+            return self._tables[memo]
+        images = image_list_hash(dataset) if self.classifier.image_tower_frozen else None
+
+        def compute() -> torch.Tensor:
+            return self._encode_images(datamodule.view_loader(dataset, view), f"{split} {view}")
+
+        if images is None:  # the tower depends on the adapters: never cached
+            return compute()
+        description = {
+            "backbone": self._backbone_key(),
+            "computation": computation_identity(
+                self.device, self.trainer.precision, datamodule.eval_batch_size
+            ),
+            "dataset": name or datamodule.dataset_name,
+            "split": split,
+            "images": len(dataset),
+            "image_list": images,
+            **identity,
+        }
+        table = self.image_cache.features(description, compute).to(self.device)
+        if split == "train":  # one training view at a time in the module
+            self._tables = {key: value for key, value in self._tables.items() if key[0] != memo[0]}
+        self._tables[memo] = table
+        return table
+
+    def _backbone_key(self) -> dict:
+        """What of the backbone changes its image features: weights, dtype, activation."""
+        visual = self.backbone.model.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        activation = type(blocks[0].mlp.gelu).__name__ if blocks else None
+        return {
+            "model_name": self.backbone.identity.model_name,
+            "weights_sha256": self.backbone.identity.weights_sha256,
+            "dtype": str(self.backbone.dtype),
+            "activation": activation,
+        }
+
+    def _encode_images(self, loader, description: str) -> torch.Tensor:
+        """The frozen tower over a loader's images (no gradient; ordinary tensors even under
+        Lightning's inference mode, so a table read in evaluation serves training later)."""
+        features = []
+        context = self.trainer.precision_plugin.forward_context()
+        with torch.inference_mode(False), torch.no_grad(), context:
+            for images, _ in track(
+                loader,
+                description=f"image features, {description}",
+                disable=not self.trainer.progress_bar_callback,
+                transient=True,
+            ):
+                features.append(self.backbone.encode_image(images.to(self.device)))
+        return torch.cat(features)
 
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):
