@@ -82,12 +82,17 @@ def transform_id(transform: Callable) -> str:
     return hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
-def image_list_hash(dataset) -> str | None:
-    """A hash of a split's images in order, or ``None`` for a dataset type peftclip does not
-    build (whose images it cannot identify: its features are never cached).
+def identifiable(dataset) -> bool:
+    """Whether :func:`image_list_hash` can identify the images of ``dataset``: a dataset type
+    peftclip builds (the features of any other are never cached)."""
+    return isinstance(dataset, LabeledImageFiles | LabeledImageTensors)
+
+
+def image_list_hash(dataset) -> str:
+    """A hash of a split's images in order (:func:`identifiable` datasets).
 
     Files count by path, size and modification time (a replaced file misses); in-memory images
-    by their bytes.
+    by their bytes. Labels do not count: they do not change a feature.
     """
     digest = hashlib.sha256()
     if isinstance(dataset, LabeledImageFiles):
@@ -98,7 +103,7 @@ def image_list_hash(dataset) -> str | None:
         digest.update(str(tuple(dataset.images.shape)).encode())
         digest.update(dataset.images.contiguous().numpy().tobytes())
     else:
-        return None
+        raise TypeError(f"cannot identify the images of a {type(dataset).__name__}")
     return digest.hexdigest()
 
 

@@ -34,6 +34,7 @@ from peftclip.image_cache import (
     ImageFeatureCache,
     StorageDtype,
     computation_identity,
+    identifiable,
     image_list_hash,
 )
 from peftclip.lightning.resume import (
@@ -68,6 +69,16 @@ def _mask_tensor(class_mask: list[int] | None, num_classes: int) -> torch.Tensor
     mask = torch.zeros(num_classes, dtype=torch.bool)
     mask[torch.as_tensor(class_mask, dtype=torch.long)] = True
     return mask
+
+
+def _partial_passes(trainer: L.Trainer) -> bool:
+    """Whether the trainer runs only some batches of a split (``fast_dev_run``, a
+    ``limit_*_batches`` other than all or none): a smoke run, which whole-split feature tables
+    would only slow down."""
+    limits = (trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches)
+    # Lightning's 1 is one batch, 1.0 all of them.
+    partial = [limit != 0 and not (isinstance(limit, float) and limit == 1.0) for limit in limits]
+    return bool(trainer.fast_dev_run) or any(partial)
 
 
 def _metrics(num_classes: int, counts: bool = True) -> MetricCollection:
@@ -192,6 +203,7 @@ class PeftClipModule(L.LightningModule):
         #: then serves sample indices, never images.
         self.reads_feature_tables = False
         self._tables: dict[tuple, torch.Tensor] = {}
+        self._image_lists: dict[int, str] = {}
         self.user_templates = templates
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -234,11 +246,15 @@ class PeftClipModule(L.LightningModule):
                 "command line links data.backbone to model.backbone)."
             )
         main = datamodule.data
-        self._tables = {}
-        self.reads_feature_tables = self.classifier.image_tower_frozen and all(
-            image_list_hash(split) is not None
-            for _, data in datamodule.test_sets
-            for split in data.splits.values()
+        self._tables, self._image_lists = {}, {}
+        self.reads_feature_tables = (
+            self.classifier.image_tower_frozen
+            and not _partial_passes(self.trainer)
+            and all(
+                identifiable(split)
+                for _, data in datamodule.test_sets
+                for split in data.splits.values()
+            )
         )
         self.use_class_set(main.classnames, self.user_templates or main.templates, main.class_mask)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
@@ -459,13 +475,14 @@ class PeftClipModule(L.LightningModule):
         memo = (id(dataset), json.dumps(identity["view"]))
         if memo in self._tables:
             return self._tables[memo]
-        images = image_list_hash(dataset) if self.classifier.image_tower_frozen else None
 
         def compute() -> torch.Tensor:
             return self._encode_images(datamodule.view_loader(dataset, view), f"{split} {view}")
 
-        if images is None:  # the tower depends on the adapters: never cached
-            return compute()
+        if not (self.classifier.image_tower_frozen and identifiable(dataset)):
+            return compute()  # the features depend on the adapters: never cached
+        if id(dataset) not in self._image_lists:
+            self._image_lists[id(dataset)] = image_list_hash(dataset)
         description = {
             "backbone": self._backbone_key(),
             "computation": computation_identity(
@@ -474,7 +491,7 @@ class PeftClipModule(L.LightningModule):
             "dataset": name or datamodule.dataset_name,
             "split": split,
             "images": len(dataset),
-            "image_list": images,
+            "image_list": self._image_lists[id(dataset)],
             **identity,
         }
         table = self.image_cache.features(description, compute).to(self.device)
