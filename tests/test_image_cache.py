@@ -90,7 +90,8 @@ def test_a_cached_augmented_coop_fit_equals_an_uncached_fit_bitwise(
     _assert_bitwise(cold_metrics, memory_metrics)
 
     # The image path (the tower on every batch): a batch is the whole split, so the tower sees
-    # the same images per call as the tables' extraction, and each epoch its own augmentation.
+    # the images of the tables' extraction in one call (shuffled: a GEMM's rows do not depend on
+    # their order), each epoch with its own augmentation — the same bits as the tables.
     monkeypatch.setattr(PeftClipClassifier, "image_tower_frozen", property(lambda self: False))
     tower_calls.clear()
     image_state, image_metrics, model = _fit_coop(tmp_path / "images", None)
