@@ -215,8 +215,11 @@ class ImageFeatureCache:
         """
         key = self.key(description)
         table = MEMORY.get(key)
-        if table is None and self.directory is not None:
-            table = self._read(description)
+        if self.directory is not None:
+            if table is None:
+                table = self._read(description)
+            elif not self.path(description).is_file():  # computed for another cache folder
+                self._write(description, table)
         if table is None:
             computed = compute()
             table = computed.to(getattr(torch, self.dtype)).to(computed.dtype).cpu()

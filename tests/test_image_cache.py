@@ -325,3 +325,27 @@ def test_cache_info_lists_and_clear_removes_tables(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert main(["cache", "info", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"0 tables, 0 B in {tmp_path}"
+
+
+def test_base_to_new_shares_its_test_tables_between_zero_shot_and_the_trained_model(
+    tmp_path, tower_calls, monkeypatch
+):
+    import lightning as L
+
+    from peftclip.adapters import CoOp
+    from peftclip.lightning import PeftClipModule
+    from peftclip.protocols.base_to_new import run_base_to_new
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default folder
+    cache = tmp_path / "cache"
+    module = PeftClipModule(BackboneSpec(TINY), adapters=[CoOp(n_ctx=2)], image_cache_dir=cache)
+    datamodule = PeftClipDataModule("world_colors", shots=2, num_workers=0,
+                                    backbone=BackboneSpec(TINY))  # fmt: skip
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)  # fmt: skip
+    run_base_to_new(module, datamodule, trainer)
+    tests = [e.description["images"] for e in disk_entries(cache) if e.description["split"] ==
+             "test"]  # fmt: skip
+    assert len(tests) == 2  # the base and the new test images, each computed once
+    assert sum(tower_calls) == sum(e.description["images"] for e in disk_entries(cache))
+    assert disk_entries(image_cache.default_cache_dir()) == []  # zero-shot used the recipe's
