@@ -68,6 +68,15 @@ class PeftClipClassifier(nn.Module):
         return any("text" in getattr(a, "adapted_towers", ()) for a in self.adapters)
 
     @property
+    def image_tower_frozen(self) -> bool:
+        """Whether image features depend on the images and the frozen weights only: no adapter
+        prompts the image tower or changes its weights (their features can be cached)."""
+        if any("vision" in getattr(a, "adapted_towers", ()) for a in self.adapters):
+            return False
+        prompts = self.prompts()
+        return prompts.vision_input is None and prompts.vision_deep is None
+
+    @property
     def image_conditioned(self) -> bool:
         owner = self._owner("text_input")
         return owner is not None and owner.image_conditioned
@@ -198,12 +207,27 @@ class PeftClipClassifier(nn.Module):
                 logits = logits + extra
         return logits
 
-    def forward(self, images: torch.Tensor, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Returns ``logits`` ``(batch, classes)`` and the image and text features."""
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        classnames: Sequence[str],
+        image_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Returns ``logits`` ``(batch, classes)`` and the image and text features.
+
+        ``image_features`` (raw, of a frozen and unprompted tower: the image-feature cache)
+        replace the image tower's forward; ``images`` is then ``None``.
+        """
         prompts = self.prompts()
-        image_features = self.backbone.encode_image(
-            images, prompts.vision_input, prompts.vision_deep
-        )
+        if image_features is None:
+            image_features = self.backbone.encode_image(
+                images, prompts.vision_input, prompts.vision_deep
+            )
+        elif prompts.vision_input is not None or prompts.vision_deep is not None:
+            raise PeftClipError(
+                "precomputed image features were given to a composition that prompts the image "
+                "tower; its features must come from the prompted tower (pass the images)."
+            )
         text_features = self.text_features(classnames, prompts, image_features)
         inputs = HeadInput(image_features, text_features, self.logit_scale, classnames)
         logits = self.head(inputs)

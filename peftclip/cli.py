@@ -192,6 +192,10 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "export": Lazy("peftclip.results.commands:results_export_command"),
     },
     "leaderboard": Lazy("peftclip.leaderboard.command:leaderboard_command"),
+    "cache": {
+        "info": Lazy("peftclip.image_cache:cache_info_command"),
+        "clear": Lazy("peftclip.image_cache:cache_clear_command"),
+    },
 }
 
 EXAMPLES = """\

@@ -307,10 +307,10 @@ def test_a_fitted_run_records_its_selection_rule_and_never_reads_test(tmp_path, 
     from peftclip.lightning.datamodule import PeftClipDataModule
 
     asked = []
-    original = PeftClipDataModule.selection_dataloader
+    original = PeftClipDataModule.selection_split
     monkeypatch.setattr(
         PeftClipDataModule,
-        "selection_dataloader",
+        "selection_split",
         lambda self, split: asked.append(split) or original(self, split),
     )
     db = tmp_path / "r.sqlite"

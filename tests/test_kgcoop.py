@@ -150,7 +150,7 @@ def test_steps_per_epoch_follow_dassls_drop_last_rule(dataset):
 
 def _targets(module: PeftClipDataModule):
     dataset = module.data.splits["train"]
-    for keys in module.train_dataloader(shuffle=False).batch_sampler:  # (index, seed) pairs
+    for keys in module.view_loader(dataset, view=0).batch_sampler:  # (index, seed) pairs
         indices = [index for index, _ in keys]
         yield indices, [dataset.targets[i] for i in indices]
 

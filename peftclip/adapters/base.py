@@ -74,7 +74,9 @@ class StepContext:
     """Everything an extra loss may use in one training step.
 
     Attributes:
-        images: The batch, as fed to the image tower.
+        images: The batch, as fed to the image tower; ``None`` when the step read its image
+            features from the image-feature cache (no adapter prompts the image tower or
+            changes its weights, docs/performance.md#image-feature-cache).
         labels: ``(batch,)`` labels.
         logits: ``(batch, classes)`` logits of the composition.
         image_features: ``(batch, d)`` image features (not normalized).
@@ -85,7 +87,7 @@ class StepContext:
             computed once per (class set, templates), never per step (KgCoOp, PromptSRC).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor
     logits: torch.Tensor
     image_features: torch.Tensor

@@ -9,7 +9,9 @@ worker happened to process; neither survives a restart. Here instead:
   an epoch at any batch (a run resumed mid-epoch skips what was trained, without loading it);
 * every index comes with its own augmentation seed, and :class:`SeededSamples` applies the
   transform under that seed, so a sample's crop depends on ``(seed, epoch, index)`` only — not
-  on the worker that loads it, nor on ``num_workers``.
+  on the worker that loads it, nor on ``num_workers``, nor on whether the epoch is shuffled:
+  view ``e`` of image ``i`` in a pass over the split in order (frozen image features, the
+  image-feature cache) is the very crop epoch ``e`` of training gives it.
 
 See docs/resuming.md.
 """
@@ -24,11 +26,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+#: The stream of augmentation seeds, apart from the stream of the shuffle (``derived_seed``'s
+#: last part), so the seeds are the same whether or not an epoch is shuffled.
+_AUGMENTATION_STREAM = "augmentation"
 
-def derived_seed(*parts: int) -> int:
+
+def derived_seed(*parts: int | str) -> int:
     """A 63-bit seed that depends on ``parts`` only (the same in every process and run)."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def augmentation_seeds(seed: int, epoch: int, size: int) -> list[int]:
+    """The augmentation seed of every sample ``0 … size-1`` in epoch ``epoch`` of run ``seed``."""
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, _AUGMENTATION_STREAM))
+    return torch.randint(2**62, (size,), generator=generator).tolist()
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -76,12 +88,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self._resume or (self.epoch(), 0)
         self._resume, self.serving = None, epoch
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         if self.shuffle:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        sample_seeds = torch.randint(2**62, (self.size,), generator=generator).tolist()
+        sample_seeds = augmentation_seeds(self.seed, epoch, self.size)
         for index in order[skip * self.batch_size :].tolist():
             yield index, sample_seeds[index]
 
@@ -113,3 +125,19 @@ class SeededSamples(Dataset):
             torch.default_generator.set_state(torch_state)
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+class SampleIndices(Dataset):
+    """``(index, label)`` for a sample key — an index, or ``(index, seed)`` as
+    :class:`EpochSampler` yields — without loading the image: the batches of a model that reads
+    its image features from a table (peftclip.image_cache)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.labels = list(dataset.targets)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        index = key[0] if isinstance(key, tuple) else key
+        return index, self.labels[index]

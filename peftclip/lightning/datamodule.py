@@ -10,14 +10,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from peftclip.backbone import BackboneSpec, backbone_transforms
 from peftclip.data import ClassificationData, build_dataset
 from peftclip.data.fewshot import base_new_split, few_shot
-from peftclip.data.order import EpochSampler, SeededSamples
+from peftclip.data.order import EpochSampler, SampleIndices, SeededSamples
 from peftclip.data.transforms import build_transform
 from peftclip.errors import PeftClipError
+from peftclip.image_cache import transform_id
 from peftclip.lightning.resume import TrainingPosition
 
 _STAGE_SPLITS = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
@@ -171,6 +172,7 @@ class PeftClipDataModule(L.LightningDataModule):
             train = evaluation
         elif self.train_transform != "backbone":
             train = build_transform(self.train_transform, image_size)
+        self._evaluation_transform = evaluation
         for split, dataset in self.data.splits.items():
             dataset.transform = train if split == "train" else evaluation
         for _, data in self.test_sets[1:]:
@@ -180,8 +182,9 @@ class PeftClipDataModule(L.LightningDataModule):
     def _loader(self, split: str, data: ClassificationData | None = None) -> DataLoader:
         """An evaluation loader: the split in order. Its own generator: creating it draws
         nothing from the training process's random state."""
+        dataset = (data or self.data).splits[split]
         return DataLoader(
-            (data or self.data).splits[split],
+            SampleIndices(dataset) if self._serves_indices() else dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -189,38 +192,63 @@ class PeftClipDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(0),
         )
 
-    def train_dataloader(self, shuffle: bool = True, epoch: int = 0) -> DataLoader:
+    def train_dataloader(self) -> DataLoader:
         """The training split, each epoch's order and augmentation a function of the run's seed
-        and the epoch only (docs/resuming.md), so a resumed run sees the same batches.
-
-        Args:
-            shuffle: Shuffle each epoch (training) or keep the split's order (feature
-                extraction: ``epoch`` then picks the augmentation of a view).
-            epoch: The epoch of an in-order loader (training follows the trainer's epoch).
-        """
-        if self.order_seed is None:
-            self.order_seed = torch.initial_seed()  # seed_everything's seed, in a CLI run
+        and the epoch only (docs/resuming.md), so a resumed run sees the same batches."""
         train = self.data.splits["train"]
-        if shuffle:
-            sampler = EpochSampler(
-                len(train), self.order_seed, self._current_epoch, True, self.batch_size
-            )
-            if self._resume_at is not None:
-                sampler.resume_at(*self._resume_at)
-                self._resume_at = None
-            self._train_sampler = sampler
-        else:
-            sampler = EpochSampler(len(train), self.order_seed, lambda: epoch, False)
+        sampler = EpochSampler(
+            len(train), self.run_seed, self._current_epoch, True, self.batch_size
+        )
+        if self._resume_at is not None:
+            sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        self._train_sampler = sampler
         return DataLoader(
-            SeededSamples(train),
+            SampleIndices(train) if self._serves_indices() else SeededSamples(train),
             batch_size=self.batch_size,
             sampler=sampler,
-            # Dassl's rule; a pass over the split in order (frozen features) drops nothing.
-            drop_last=shuffle and self.drop_last == "dassl" and len(train) >= self.batch_size,
+            drop_last=self.drop_last == "dassl" and len(train) >= self.batch_size,  # Dassl's rule
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0 and shuffle,
-            generator=torch.Generator().manual_seed(self.order_seed),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.run_seed),
         )
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of the training order and augmentation (the run's seed when first asked
+        for: seed_everything's, in a CLI run)."""
+        if self.order_seed is None:
+            self.order_seed = torch.initial_seed()
+        return self.order_seed
+
+    def view_loader(self, dataset: Dataset, view: int) -> DataLoader:
+        """A split (``dataset``, one of :attr:`test_sets`' splits) in order, augmented as
+        epoch ``view`` of training augments it: the images of a feature table
+        (peftclip.image_cache). ``eval_batch_size`` images per batch."""
+        sampler = EpochSampler(len(dataset), self.run_seed, lambda: view, False)
+        return DataLoader(
+            SeededSamples(dataset),
+            batch_size=self.eval_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.run_seed),
+        )
+
+    def view_identity(self, dataset: Dataset, view: int) -> dict:
+        """What decides the images of view ``view`` of ``dataset`` besides the files: the
+        transform and, for a random one, ``(seed, view)``. The evaluation transform is
+        deterministic: one view, whatever the seed."""
+        random = dataset.transform is not self._evaluation_transform
+        return {
+            "transform": transform_id(dataset.transform),
+            "view": {"seed": self.run_seed, "view": view} if random else None,
+        }
+
+    def _serves_indices(self) -> bool:
+        """Whether batches carry sample indices instead of images: the model reads its image
+        features from tables (``PeftClipModule.reads_feature_tables``)."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(model, "reads_feature_tables", False))
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -250,8 +278,8 @@ class PeftClipDataModule(L.LightningDataModule):
                 "peftclip does not support (docs/resuming.md)."
             )
 
-    def selection_dataloader(self, split: str) -> DataLoader:
-        """A split hyperparameters are selected on, in order, with the evaluation transform
+    def selection_split(self, split: str) -> Dataset:
+        """A split hyperparameters are selected on, with the evaluation transform
         (docs/methods/index.md#selection): ``fewshot_val`` (the sampled val split), ``full_val``
         (the dataset's whole val split, of the same class half) or ``test``.
 
@@ -264,9 +292,9 @@ class PeftClipDataModule(L.LightningDataModule):
                     "selection on the few-shot val split needs data.shots (a few-shot sample); "
                     "with the full splits use selection_split: full_val (faithful)."
                 )
-            return self._selection_loader(self.data, "val")
+            return self._selection_split(self.data, "val")
         if split == "test":
-            return self._selection_loader(self.data, "test")
+            return self._selection_split(self.data, "test")
         if split != "full_val":
             raise PeftClipError(f"unknown selection split '{split}' (fewshot_val, full_val, test).")
         full = build_dataset(self.dataset_name, self.root, **self.options)
@@ -274,16 +302,16 @@ class PeftClipDataModule(L.LightningDataModule):
             full = base_new_split(full, self.subsample)
         if "val" in full.splits:
             full.splits["val"].transform = self._evaluation_transform
-        return self._selection_loader(full, "val")
+        return self._selection_split(full, "val")
 
-    def _selection_loader(self, data: ClassificationData, split: str) -> DataLoader:
+    def _selection_split(self, data: ClassificationData, split: str) -> Dataset:
         if split not in data.splits or len(data.splits[split]) == 0:
             raise PeftClipError(
                 f"hyperparameter selection needs the '{split}' split of dataset "
                 f"'{self.dataset_name}', which it does not have; choose another "
                 "selection_split of the method."
             )
-        return self._loader(split, data)
+        return data.splits[split]
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val") if "val" in self.data.splits else []

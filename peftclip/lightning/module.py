@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -27,6 +28,15 @@ from peftclip.checkpoint_files import check_peftclip_section, read_checkpoint
 from peftclip.classifier import PeftClipClassifier
 from peftclip.data.templates import resolve_templates, templates_of_dataset
 from peftclip.errors import PeftClipError
+from peftclip.image_cache import (
+    AUTO,
+    DEFAULT_MAX_GB,
+    ImageFeatureCache,
+    StorageDtype,
+    computation_identity,
+    identifiable,
+    image_list_hash,
+)
 from peftclip.lightning.resume import (
     TrainingPosition,
     random_states,
@@ -59,6 +69,16 @@ def _mask_tensor(class_mask: list[int] | None, num_classes: int) -> torch.Tensor
     mask = torch.zeros(num_classes, dtype=torch.bool)
     mask[torch.as_tensor(class_mask, dtype=torch.long)] = True
     return mask
+
+
+def _partial_passes(trainer: L.Trainer) -> bool:
+    """Whether the trainer runs only some batches of a split (``fast_dev_run``, a
+    ``limit_*_batches`` other than all or none): a smoke run, which whole-split feature tables
+    would only slow down."""
+    limits = (trainer.limit_train_batches, trainer.limit_val_batches, trainer.limit_test_batches)
+    # Lightning's 1 is one batch, 1.0 all of them.
+    partial = [limit != 0 and not (isinstance(limit, float) and limit == 1.0) for limit in limits]
+    return bool(trainer.fast_dev_run) or any(partial)
 
 
 def _metrics(num_classes: int, counts: bool = True) -> MetricCollection:
@@ -98,6 +118,13 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy loss.
         text_chunk_size: Prompts per text-encoder call when building frozen class features.
         text_cache_dir: Directory for cached frozen text features (none: memory only).
+        image_cache_dir: Directory of the image-feature cache, used when no adapter prompts
+            the image tower or changes its weights (docs/performance.md#image-feature-cache):
+            ``auto`` is ``$XDG_CACHE_HOME/peftclip/features``; ``null`` keeps the tables in
+            memory for this process only.
+        image_cache_max_gb: Cap of ``image_cache_dir`` (GB); least recently used tables go.
+        image_cache_dtype: How tables are stored: ``float32`` (exact) or ``float16`` (half the
+            size; the run then uses the rounded features, cold or warm alike).
         precision_profile: ``modern`` (fp32 weights; mixed precision comes from the trainer) or
             ``anchor_fp16`` (the CoOp family's fp16 layout; needs ``--trainer.precision
             32-true``), see :mod:`peftclip.precision`.
@@ -122,6 +149,9 @@ class PeftClipModule(L.LightningModule):
         label_smoothing: float = 0.0,
         text_chunk_size: int = 256,
         text_cache_dir: str | None = None,
+        image_cache_dir: str | None = AUTO,
+        image_cache_max_gb: float = DEFAULT_MAX_GB,
+        image_cache_dtype: StorageDtype = "float32",
         precision_profile: PrecisionProfile = "modern",
         logit_scale: float | None = None,
         share_text_prefix: bool = True,
@@ -148,6 +178,8 @@ class PeftClipModule(L.LightningModule):
                 "optimizer",
                 "scheduler",
                 "text_cache_dir",
+                "image_cache_dir",
+                "image_cache_max_gb",
                 "frozen_backbone",
             ]
         )
@@ -170,6 +202,12 @@ class PeftClipModule(L.LightningModule):
             self.classifier.backbone, self.classifier.adapters, precision_profile
         )
         self.precision_profile = precision_profile
+        self.image_cache = ImageFeatureCache(image_cache_dir, image_cache_max_gb, image_cache_dtype)
+        #: Whether image features come from feature tables (set up per stage): the data module
+        #: then serves sample indices, never images.
+        self.reads_feature_tables = False
+        self._tables: dict[tuple, torch.Tensor] = {}
+        self._image_lists: dict[int, str] = {}
         self.user_templates = templates
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -212,6 +250,16 @@ class PeftClipModule(L.LightningModule):
                 "command line links data.backbone to model.backbone)."
             )
         main = datamodule.data
+        self._tables, self._image_lists = {}, {}
+        self.reads_feature_tables = (
+            self.classifier.image_tower_frozen
+            and not _partial_passes(self.trainer)
+            and all(
+                identifiable(split)
+                for _, data in datamodule.test_sets
+                for split in data.splits.values()
+            )
+        )
         self.use_class_set(main.classnames, self.user_templates or main.templates, main.class_mask)
         # Extra evaluation datasets (domain generalization, cross-dataset): own heads, own metrics.
         self.test_sets = [
@@ -252,17 +300,24 @@ class PeftClipModule(L.LightningModule):
         ).to(self.device)
 
     # ------------------------------------------------------------------------------- steps
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.classifier(images, self.classnames)
+    def forward(
+        self, images: torch.Tensor | None, image_features: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        outputs = self.classifier(images, self.classnames, image_features)
         if self.class_mask is not None:
             mask = self.class_mask.to(outputs["logits"].device)
             outputs["logits"] = outputs["logits"].masked_fill(~mask, float("-inf"))
         return outputs
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset)."""
+        """``stage`` is ``train``, ``val`` or ``test<i>`` (the i-th evaluation dataset).
+
+        Reading feature tables, a batch holds sample indices instead of images."""
         images, labels = batch
-        outputs = self(images)
+        image_features = None
+        if self.reads_feature_tables:
+            images, image_features = None, self._stage_table(stage)[images]
+        outputs = self(images, image_features)
         logits = outputs["logits"].float()
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         if stage == "train":
@@ -404,28 +459,14 @@ class PeftClipModule(L.LightningModule):
         for callback in self.trainer.checkpoint_callbacks:
             self.trainer.save_checkpoint(callback.format_checkpoint_name({"epoch": 0, "step": 0}))
 
-    @torch.no_grad()
     def training_features(self, views: int = 1) -> TrainingFeatures:
-        """Raw frozen image features of the training split, ``views`` passes in a fixed order."""
-        passes, labels = [], None
-        with self.trainer.precision_plugin.forward_context():
-            for view in range(views):
-                # Each view its own augmentation seeds (the "epoch" of the in-order sampler).
-                loader = self.trainer.datamodule.train_dataloader(shuffle=False, epoch=view)
-                features, view_labels = [], []
-                for images, batch_labels in track(
-                    loader,
-                    description=f"image features, view {view + 1}/{views}",
-                    disable=not self.trainer.progress_bar_callback,
-                    transient=True,
-                ):
-                    features.append(self.backbone.encode_image(images.to(self.device)).float())
-                    view_labels.append(batch_labels)
-                passes.append(torch.cat(features))
-                labels = torch.cat(view_labels).to(self.device)
+        """Raw frozen image features of the training split, ``views`` passes in a fixed order
+        (view ``v`` augmented as epoch ``v`` of training), from the image-feature cache."""
+        train = self.trainer.datamodule.data.splits["train"]
+        features = [self._feature_table(train, "train", view) for view in range(views)]
         return TrainingFeatures(
-            features=torch.stack(passes),
-            labels=labels,
+            features=torch.stack(features).float(),
+            labels=torch.as_tensor(train.targets, dtype=torch.long, device=self.device),
             classnames=list(self.classnames),
             frozen_head=self._frozen_head,
         )
@@ -435,17 +476,14 @@ class PeftClipModule(L.LightningModule):
     def selection_set(self, split: str) -> SelectionSet:
         """Raw frozen image features of a split that hyperparameters are selected on
         (``fewshot_val``, ``full_val``, ``test``: docs/methods/index.md#selection), evaluation
-        transform, with the head's temperature and the frozen zero-shot head."""
-        loader = self.trainer.datamodule.selection_dataloader(split)
-        features, labels = [], []
-        with self.trainer.precision_plugin.forward_context():
-            for images, batch_labels in loader:
-                features.append(self.backbone.encode_image(images.to(self.device)).float())
-                labels.append(batch_labels)
+        transform, with the head's temperature and the frozen zero-shot head; from the
+        image-feature cache."""
+        dataset = self.trainer.datamodule.selection_split(split)
+        name = "test" if split == "test" else "val"
         return SelectionSet(
             split=split,
-            features=torch.cat(features),
-            labels=torch.cat(labels).to(self.device),
+            features=self._feature_table(dataset, name).float(),
+            labels=torch.as_tensor(dataset.targets, dtype=torch.long, device=self.device),
             logit_scale=self.classifier.logit_scale.detach().float(),
             text_features=self._frozen_head(),
         )
@@ -456,6 +494,82 @@ class PeftClipModule(L.LightningModule):
         selects hyperparameters (``best_val``, ``best_full_val``, ``best_test``), else ``last``."""
         rules = [getattr(a, "selection_rule", "last") for a in self.adapters]
         return next((rule for rule in rules if rule != "last"), "last")
+
+    # ----------------------------------------------------------------------- feature tables
+    def _stage_table(self, stage: str) -> torch.Tensor:
+        """The feature table a stage's batches index: this epoch's view of the training
+        split, the val split, or the test split of the i-th evaluation dataset."""
+        datamodule = self.trainer.datamodule
+        if stage == "train":
+            return self._feature_table(datamodule.data.splits["train"], "train", self.current_epoch)
+        if stage == "val":
+            return self._feature_table(datamodule.data.splits["val"], "val")
+        name, data = datamodule.test_sets[int(stage.removeprefix("test"))]
+        return self._feature_table(data.splits["test"], "test", name=name)
+
+    def _feature_table(
+        self, dataset, split: str, view: int = 0, name: str | None = None
+    ) -> torch.Tensor:
+        """Raw image features ``(images, d)`` of every image of ``dataset`` (a split of the
+        data module's dataset ``name``, default the main one) in order, view ``view``, on the
+        module's device: from the image-feature cache when the tower is frozen and unprompted.
+        """
+        datamodule = self.trainer.datamodule
+        identity = datamodule.view_identity(dataset, view)
+        memo = (id(dataset), json.dumps(identity["view"]))
+        if memo in self._tables:
+            return self._tables[memo]
+
+        def compute() -> torch.Tensor:
+            return self._encode_images(datamodule.view_loader(dataset, view), f"{split} {view}")
+
+        if not (self.classifier.image_tower_frozen and identifiable(dataset)):
+            return compute()  # the features depend on the adapters: never cached
+        if id(dataset) not in self._image_lists:
+            self._image_lists[id(dataset)] = image_list_hash(dataset)
+        description = {
+            "backbone": self._backbone_key(),
+            "computation": computation_identity(
+                self.device, self.trainer.precision, datamodule.eval_batch_size
+            ),
+            "dataset": name or datamodule.dataset_name,
+            "split": split,
+            "images": len(dataset),
+            "image_list": self._image_lists[id(dataset)],
+            **identity,
+        }
+        table = self.image_cache.features(description, compute).to(self.device)
+        if split == "train":  # one training view at a time in the module
+            self._tables = {key: value for key, value in self._tables.items() if key[0] != memo[0]}
+        self._tables[memo] = table
+        return table
+
+    def _backbone_key(self) -> dict:
+        """What of the backbone changes its image features: weights, dtype, activation."""
+        visual = self.backbone.model.visual
+        blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        activation = type(blocks[0].mlp.gelu).__name__ if blocks else None
+        return {
+            "model_name": self.backbone.identity.model_name,
+            "weights_sha256": self.backbone.identity.weights_sha256,
+            "dtype": str(self.backbone.dtype),
+            "activation": activation,
+        }
+
+    def _encode_images(self, loader, description: str) -> torch.Tensor:
+        """The frozen tower over a loader's images (no gradient; ordinary tensors even under
+        Lightning's inference mode, so a table read in evaluation serves training later)."""
+        features = []
+        context = self.trainer.precision_plugin.forward_context()
+        with torch.inference_mode(False), torch.no_grad(), context:
+            for images, _ in track(
+                loader,
+                description=f"image features, {description}",
+                disable=not self.trainer.progress_bar_callback,
+                transient=True,
+            ):
+                features.append(self.backbone.encode_image(images.to(self.device)))
+        return torch.cat(features)
 
     # -------------------------------------------------------------------------- optimizers
     def configure_optimizers(self):

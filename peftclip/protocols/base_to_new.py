@@ -85,6 +85,9 @@ def run_base_to_new(
         templates=module.user_templates,
         precision_profile=module.precision_profile,  # zero-shot CLIP in the same weight layout
         logit_scale=module.classifier.fixed_logit_scale,
+        image_cache_dir=module.image_cache.directory,  # zero-shot CLIP's tables serve both
+        image_cache_max_gb=module.image_cache.max_bytes / 1e9,
+        image_cache_dtype=module.image_cache.dtype,
         frozen_backbone=module.backbone,
     )
     zero_shot_base, zero_shot_base_counts = _evaluate(evaluator, zero_shot, base)
