@@ -2,9 +2,11 @@
 
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from peftclip.adapters import CoDyRA
 from peftclip.backbone import BackboneSpec, load_backbone
@@ -23,6 +25,7 @@ from peftclip.continual import (
     random_vocabulary,
     resolve_stream,
 )
+from peftclip.continual.command import load_recipe
 from peftclip.continual.distillation import Distillation
 from peftclip.continual.driver import first_shots
 from peftclip.continual.strategies import Step, TaskData, WiseFT
@@ -266,3 +269,30 @@ def test_the_command_records_every_row(tmp_path, capsys):
         (f"after_task_{row}", name) for row in range(3) for name in ("world_sizes", "world_counts")
     )
     assert status == [("ok",)]
+
+
+# -------------------------------------------------------------------------------------- recipes
+RECIPES = sorted((Path(__file__).parents[1] / "recipes" / "continual").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_continual_recipe_parses_and_states_its_command(recipe):
+    text = recipe.read_text()
+    header = text.split("\nbackbone:")[0]
+    assert all(f"# {key}:" in header for key in ("Paper", "Command", "Expected"))
+    assert f"--config recipes/continual/{recipe.name}" in header
+    config, stream = load_recipe(yaml.safe_load(text), str(recipe))
+    assert config.strategy == recipe.name.split("_mtil")[0].split("_world")[0]
+    assert resolve_stream(stream).name == recipe.stem.removeprefix(f"{config.strategy}_")
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if "_world" in r.name], ids=lambda p: p.name)
+def test_world_recipes_smoke_run(recipe, tmp_path, capsys):
+    stream = tmp_path / "tiny.yaml"
+    stream.write_text("tasks: [world_sizes, world_counts]\n")
+    tiny = ["--backbone.model_name", "peftclip-tiny-vit", "--backbone.pretrained", "null",
+            "--training.iterations", "1", "--training.batch_size", "4"]  # fmt: skip
+    args = ["run", "continual", "--config", str(recipe), "--stream", str(stream), *tiny,
+            "--root", str(tmp_path), "--db", str(tmp_path / "r.sqlite")]  # fmt: skip
+    assert main(args) == 0
+    assert "Transfer" in capsys.readouterr().out
