@@ -18,6 +18,8 @@ from tests.test_adapter_matrix import TINY_SETTINGS
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 SMOKED_BY_TEST_PROTOCOL_RECIPES = {"fewshot", "dg", "xd"}
+#: ``peftclip run continual`` recipes (recipes/continual/) are smoke-run in tests/test_continual.py.
+SMOKED_BY_TEST_CONTINUAL = {"continual"}
 TINY_MODEL = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained",
               "null", "--trainer.precision", "32-true", "--data.num_workers", "0",
               "--trainer.enable_progress_bar", "false"]  # fmt: skip
@@ -26,7 +28,9 @@ TINY_MODEL = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backb
 def _kind(recipe: Path) -> str:
     if recipe == RECIPES / "quickstart.yaml":
         return "quickstart"
-    return "zeroshot" if recipe.parent.name == "zeroshot" else recipe.stem
+    if recipe.parent.name in ("zeroshot", "continual"):
+        return recipe.parent.name
+    return recipe.stem
 
 
 def _recipes(kind: str) -> list[Path]:
@@ -54,7 +58,8 @@ def _data_args(recipe: Path, tmp_path: Path) -> list[str]:
 
 
 def test_every_recipe_has_a_smoke_run():
-    known = {"base2new", "zeroshot", "quickstart", *SMOKED_BY_TEST_PROTOCOL_RECIPES}
+    known = {"base2new", "zeroshot", "quickstart", *SMOKED_BY_TEST_PROTOCOL_RECIPES,
+             *SMOKED_BY_TEST_CONTINUAL}  # fmt: skip
     unknown = [_name(r) for r in sorted(RECIPES.rglob("*.yaml")) if _kind(r) not in known]
     assert not unknown, f"no smoke run for {unknown}: name it after its protocol or add one here"
 

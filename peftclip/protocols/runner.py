@@ -313,9 +313,14 @@ def run_command(args: list[str]) -> int:
 
     Any further ``--key value`` is a recipe override, as with ``peftclip fit``, and part of each
     cell's identity. Cells already recorded are skipped; failed ones run again.
+    ``peftclip run continual`` trains a task stream instead (docs/continual.md).
     """
+    if args[:1] == ["continual"]:
+        from peftclip.continual.command import continual_command
+
+        return continual_command(args[1:])
     parser = argparse.ArgumentParser(prog="peftclip run", description=run_command.__doc__)
-    parser.add_argument("protocol", help=f"one of {', '.join(PROTOCOLS)}")
+    parser.add_argument("protocol", help=f"one of {', '.join(PROTOCOLS)} or continual")
     parser.add_argument("--config", required=True, help="the recipe (YAML) of every cell")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--datasets", nargs="+", help="registry names")
