@@ -14,6 +14,13 @@ SHIPPED = [n for n in list_adapters() if get_adapter_class(n).__module__.startsw
 #: Methods whose tensors come from the training features (fit_from_data) take no gradient
 #: before they are fitted; tests/test_feature_methods.py fits, counts and round-trips each.
 GRADIENT_TRAINED = [n for n in SHIPPED if not implements(get_adapter_class(n)(), "fit_from_data")]
+#: Of those, the ones with nothing to train at all: ``peftclip fit`` takes zero optimizer steps.
+FITTED_ONLY = [
+    n
+    for n in SHIPPED
+    if n not in GRADIENT_TRAINED
+    and not any(p.requires_grad for p in get_adapter_class(n)().parameters())
+]
 CLASSES = ["red", "green", "blue"]
 #: Settings that fit the 2-block tiny test model (defaults are the papers', e.g. 9 layers).
 TINY_SETTINGS = {

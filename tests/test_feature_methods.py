@@ -30,7 +30,12 @@ from peftclip.results import ResultsStore
 
 CLASSES = [f"class {i}" for i in range(4)]
 DIM = 8
-FITTED = [n for n in list_adapters() if implements(get_adapter_class(n)(), "fit_from_data")]
+FITTED = [
+    name
+    for name in list_adapters()
+    if get_adapter_class(name).__module__.startswith("peftclip.")
+    and implements(get_adapter_class(name)(), "fit_from_data")
+]
 
 
 def _problem(views=3, per_class=6, seed=0):

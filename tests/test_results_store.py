@@ -154,7 +154,7 @@ def test_a_record_holds_a_copy_and_refuses_what_json_cannot_hold():
     with pytest.raises(ValueError, match="needs 'dataset'"):
         make_record(cell={k: v for k, v in make_cell().items() if k != "dataset"})
     with pytest.raises(ValueError, match="selection_rule"):
-        make_record(selection_rule="best_test")
+        make_record(selection_rule="best_train")
     with pytest.raises(ValueError, match="wall_time_s"):
         make_record(wall_time_s=float("nan"))
 
