@@ -40,6 +40,8 @@ def test_the_grid_expands_datasets_shots_and_seeds_with_the_few_shot_run_lengths
     overridden = runner.expand("few_shot", "recipes/coop/fewshot.yaml", ["dtd"], None, [1], [1],
                                ["--trainer.max_epochs", "2"])  # fmt: skip
     assert overridden[0].key != grid[0].key  # an override is part of the identity
+    root = runner.Path("runs")  # and its run folders are its own: `test --ckpt_path last` there
+    assert overridden[0].folder(root) != grid[0].folder(root)  # never finds another cell's fit
     assert "--trainer.max_epochs" not in overridden[0]._run_length()
     (swapped,) = runner.expand("base2new", QUICK, ["dtd"], None, None, [1],
                                ["--model.adapters=[{class_path: kgcoop}]"])  # fmt: skip

@@ -68,13 +68,19 @@ class Cell:
         shots = "full" if self.shots is None else f"{self.shots}shot"
         return f"{self.dataset}/{shots}-seed{self.seed}"
 
+    def folder(self, root: Path) -> Path:
+        """The cell's run folders: ``<root>/<protocol>/<dataset>/<K>shot-seed<S>-<key>``. The key
+        keeps cells of different recipes or overrides apart under one root, so a cell's
+        ``test --ckpt_path last`` can only find its own fit."""
+        return root / self.protocol / f"{self.name}-{self.key[:8]}"
+
     def commands(self, root: Path, db: Path) -> list[list[str]]:
         """The ``peftclip`` invocations of this cell, in order."""
         common = [
             "--config", self.recipe, *self.overrides, *self._run_length(),
             "--data.dataset", self.dataset, "--data.seed", str(self.seed),
             "--seed_everything", str(self.seed),
-            "--trainer.default_root_dir", str(root / self.protocol / self.name),
+            "--trainer.default_root_dir", str(self.folder(root)),
             "--results_db", str(db), "--results_cell", json.dumps(self.identity()),
         ]  # fmt: skip
         if self.shots is not None:
