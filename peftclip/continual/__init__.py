@@ -7,12 +7,8 @@ from peftclip.continual.distillation import LwF, VRLwF, distillation_loss, rando
 from peftclip.continual.driver import ContinualRecipe, ContinualResult, ContinualRun
 from peftclip.continual.metrics import ContinualMetrics, continual_metrics
 from peftclip.continual.model import ContinualModel, FullFineTuning
-from peftclip.continual.strategies import (
-    Strategy,
-    build_strategy,
-    list_strategies,
-    register_strategy,
-)
+from peftclip.continual.registry import build_strategy, list_strategies
+from peftclip.continual.strategies import Strategy, register_strategy
 from peftclip.continual.streams import Stream, Task, list_streams, resolve_stream
 from peftclip.continual.training import TrainingSettings
 

@@ -85,7 +85,7 @@ def run_cell(
     recipe: ContinualRecipe, stream: Stream, recipe_path: str, overrides: list[str]
 ) -> dict[str, Any]:
     """The results cell of a continual run (its identity in the results database)."""
-    from peftclip.continual.strategies import build_strategy
+    from peftclip.continual.registry import build_strategy
 
     options = build_strategy(recipe.strategy, recipe.strategy_options).options()
     return {

@@ -21,7 +21,8 @@ from peftclip.atomic_files import atomic_path
 from peftclip.backbone import BackboneSpec, backbone_transforms, load_backbone
 from peftclip.continual.metrics import ContinualMetrics, continual_metrics
 from peftclip.continual.model import ContinualModel
-from peftclip.continual.strategies import Strategy, TaskData, build_strategy
+from peftclip.continual.registry import build_strategy
+from peftclip.continual.strategies import Strategy, TaskData
 from peftclip.continual.streams import Stream, Task
 from peftclip.continual.training import TaskProgress, TrainingSettings, evaluate, train_task
 from peftclip.data import build_dataset

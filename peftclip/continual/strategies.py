@@ -9,12 +9,11 @@ ContinualModel`: full fine-tuning by default, or adapters). The driver calls, pe
     end_task(model, task)           # after the last step, before the evaluation
 
 Semantics: docs/continual.md#strategies. Registered here: ``finetune``, ``wise_ft``, ``codyra``;
-``lwf``, ``vr_lwf`` and ``zscl`` in :mod:`peftclip.continual.distillation`.
+``lwf`` and ``vr_lwf`` in :mod:`peftclip.continual.distillation`.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,32 +106,6 @@ def register_strategy(name: str, cls: type[Strategy]) -> type[Strategy]:
     cls.name = name
     _STRATEGIES[name] = cls
     return cls
-
-
-def list_strategies() -> list[str]:
-    import peftclip.continual.distillation  # noqa: F401  (registers lwf, vr_lwf, zscl)
-
-    return sorted(_STRATEGIES)
-
-
-def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
-    """The strategy ``name`` with ``options`` (its keyword arguments).
-
-    Raises:
-        PeftClipError: An unknown name (with the closest ones) or an unknown option.
-    """
-    known = list_strategies()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise PeftClipError(f"unknown strategy '{name}'.{hint} Strategies: {', '.join(known)}.")
-    try:
-        return _STRATEGIES[name](**(options or {}))
-    except TypeError as error:
-        raise PeftClipError(
-            f"strategy '{name}' does not take the options {sorted(options or {})}: {error}. "
-            "See docs/continual.md#strategies for each strategy's options."
-        ) from None
 
 
 class FineTune(Strategy):

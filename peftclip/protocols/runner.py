@@ -199,7 +199,7 @@ def _local_outcomes(
             finished, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in finished:
                 cell = futures.pop(future)
-                progress.running = len(futures)
+                progress.running = min(jobs, len(futures) + len(queue))  # the next one starts
                 yield cell, future.result(), None
 
 
