@@ -138,7 +138,9 @@ def test_kd_gradient_is_zero_while_student_equals_teacher_and_not_after(world_mo
     strategy = VRLwF(vocabulary_size=64)
     strategy.begin_task(world_model, _task())
     images = torch.randn(6, 3, 48, 48)
-    assert _kd_gradient(strategy, world_model, images) <= 1e-7
+    # Zero up to float rounding (the teacher's cached texts and the student's heads may take
+    # the plain and the shared-prefix text path), two orders below a moved student's.
+    assert _kd_gradient(strategy, world_model, images) <= 1e-6
     with torch.no_grad():
         world_model.backbone.model.visual.proj.add_(
             0.05 * torch.randn_like(world_model.backbone.model.visual.proj)
