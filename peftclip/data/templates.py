@@ -10,6 +10,7 @@ a list of templates (:func:`resolve_templates`).
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Sequence
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES
@@ -177,6 +178,13 @@ def templates_of_dataset(
     """
     if not isinstance(templates, str) or "{}" in templates or ":" in templates:
         return templates
+    return _family_set(templates, dataset)
+
+
+@functools.lru_cache(maxsize=64)
+def _family_set(templates: str, dataset: str) -> str | tuple[str, ...] | None:
+    # Called on every training step of a method whose loss asks for a family (KgCoOp): build
+    # the named sets once per (family, dataset), not per step.
     sets = template_sets()
     if not any(name.startswith(f"{templates}:") for name in sets):
         return templates
