@@ -22,7 +22,7 @@ from peftclip.adapters import (
 from peftclip.adapters.base import implements
 from peftclip.adapters.gda import synthesized_new_head
 from peftclip.adapters.linear_probe import logistic_regression, search_c
-from peftclip.adapters.tip_adapter import search_grid
+from peftclip.adapters.tip_adapter import search_counts, search_grid
 from peftclip.data.fewshot import sample_per_class
 from peftclip.errors import PeftClipError
 from peftclip.lightning.cli import PeftClipCLI
@@ -174,6 +174,34 @@ def test_tip_adapter_search_grid_and_first_best_pair():
     best = max(score for score, _, _ in scores)
     first = next((alpha, beta) for score, alpha, beta in scores if score == best)
     assert tuple(tip.alpha_beta.tolist()) == pytest.approx(first)
+
+
+def test_tip_adapter_search_counts_equal_a_direct_evaluation_of_every_grid_pair():
+    # Unequal keys per class (padded slots), a duplicated class (exact zero-shot and cache ties:
+    # argmax's first index decides), image chunks smaller than the set, a ratio step crossing
+    # the exact exponentials.
+    generator = torch.Generator().manual_seed(3)
+    keys = F.normalize(torch.randn(11, DIM, generator=generator), dim=-1)
+    key_labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3])
+    text = F.normalize(torch.randn(5, DIM, generator=generator), dim=-1)
+    text[4] = text[3]
+    keys = torch.cat([keys, keys[9:]])  # class 4 is class 3 again: same text, same keys
+    key_labels = torch.cat([key_labels, torch.tensor([4, 4])])
+    features = torch.randn(40, DIM, generator=generator)
+    labels = torch.randint(0, 5, (40,), generator=generator)
+    selection = SelectionSet("fewshot_val", features, labels, torch.tensor(20.0), text)
+    betas, alphas = search_grid(9, 30), search_grid(6, 7)
+    counts = search_counts(
+        selection, keys, key_labels, betas, alphas, exact_every=4, chunk_elements=13 * 5 * 7
+    )
+    values = F.one_hot(key_labels, 5).float()
+    affinity = F.normalize(features, dim=-1) @ keys.T
+    expected = torch.tensor([
+        [int(((selection.zero_shot_logits() + alpha * torch.exp(-beta * (1 - affinity)) @ values)
+              .argmax(-1) == labels).sum()) for alpha in alphas]
+        for beta in betas
+    ])  # fmt: skip
+    assert torch.equal(counts, expected)
 
 
 def test_tip_adapter_f_starts_from_the_training_free_cache():

@@ -86,12 +86,17 @@ def synthesized_new_head(
     nearest = (text @ train_features.T).topk(neighbours, dim=-1).indices
     chosen = train_features[nearest]  # (classes, k, d)
     means = (chosen.sum(1) + text_copies * text) / (neighbours + text_copies)
-    centred = chosen - text[:, None, :]
-    covariances = centred.transpose(1, 2) @ centred / (neighbours - 1)
-    eye = torch.eye(dim, dtype=text.dtype, device=text.device)
-    traces = covariances.diagonal(dim1=1, dim2=2).sum(-1)
-    regularised = (neighbours - 1) * covariances + traces[:, None, None] * eye
-    precision = (dim * torch.linalg.pinv(regularised, hermitian=True)).mean(0)
+    centred = chosen - text[:, None, :]  # U_c, so that (k−1)Σ_c = U_cᵀU_c
+    traces = centred.square().sum((1, 2)) / (neighbours - 1)  # tr(Σ_c) = λ_c
+    # (U_cᵀU_c + λ_c I)⁻¹ = (I − U_cᵀ (λ_c I + U_c U_cᵀ)⁻¹ U_c) / λ_c (Woodbury): a k × k solve
+    # per class instead of a d × d inverse (equal to the anchor's pinv: the matrix is positive
+    # definite).
+    eye = torch.eye(neighbours, dtype=text.dtype, device=text.device)
+    small = centred @ centred.transpose(1, 2) + traces[:, None, None] * eye
+    solved = torch.linalg.solve(small, centred)  # (λ_c I + U_c U_cᵀ)⁻¹ U_c
+    low_rank = torch.einsum("c,ckd,cke->de", 1 / traces, centred, solved)
+    identity = torch.eye(dim, dtype=text.dtype, device=text.device)
+    precision = dim * ((1 / traces).sum() * identity - low_rank) / len(text)
     return linear_head(means, precision)
 
 

@@ -37,8 +37,87 @@ def cache_affinity(features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def cache_logits(affinity: torch.Tensor, values: torch.Tensor, alpha, beta) -> torch.Tensor:
-    """``α · exp(−β (1 − A)) L``."""
-    return alpha * torch.exp(-beta * (1 - affinity)) @ values
+    """``α · exp(−β (1 − A)) L`` (α applied after the product: images × classes numbers, not
+    images × keys)."""
+    return alpha * (torch.exp(-beta * (1 - affinity)) @ values)
+
+
+def class_slots(key_labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys of each class side by side: ``slots[j, c]`` is the j-th key of class c, and
+    ``mask[j, c]`` is 0 where class c has fewer than ``slots.shape[0]`` keys (a padded slot)."""
+    counts = torch.bincount(key_labels, minlength=classes)
+    order = torch.argsort(key_labels, stable=True)
+    sorted_labels = key_labels[order]
+    first = torch.cumsum(counts, 0) - counts  # where each class starts in ``order``
+    position = torch.arange(len(order), device=order.device) - first[sorted_labels]
+    depth = int(counts.max()) if len(order) else 0
+    slots = torch.zeros(depth, classes, dtype=torch.long, device=order.device)
+    mask = torch.zeros(depth, classes, device=order.device)
+    slots[position, sorted_labels] = order
+    mask[position, sorted_labels] = 1.0
+    return slots, mask
+
+
+def search_counts(
+    selection: SelectionSet,
+    keys: torch.Tensor,
+    key_labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+    exact_every: int = 8,
+    chunk_elements: int = 1 << 22,
+) -> torch.Tensor:
+    """Correct predictions of ``zero-shot + α · exp(−β (1 − A)) L`` on the selection set for
+    every (β, α) of the grid, ``(len(betas), len(alphas))``.
+
+    Exact to float rounding, and fast: the affinity and the zero-shot logits are computed once;
+    along the arithmetic β grid ``exp(−β_{i+1} u) = exp(−β_i u) · exp(−Δβ u)`` (a product
+    instead of an exponential; every ``exact_every``-th β is a fresh exponential, so rounding
+    stays within a few float32 ulps, as the exponential's own); and an image's prediction is
+    right exactly for the α inside an interval, ``max over rivals with a smaller cache score of
+    −Δz/Δc < α < min over the others``, so each β costs O(images · classes), not
+    O(alphas · images · classes). Images are processed in chunks of ``chunk_elements``
+    affinities (memory stays bounded on a full val or test split).
+    """
+    classes = selection.text_features.shape[0]
+    slots, mask = class_slots(key_labels, classes)
+    mask = mask[:, None, :]  # (slots, 1, classes)
+    grid = torch.tensor(list(alphas), device=keys.device)[:, None, None]
+    step = betas[1] - betas[0] if len(betas) > 1 else 0.0
+    counts = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=keys.device)
+    zero_shot_all = selection.zero_shot_logits()
+    rows = max(1, chunk_elements // max(1, slots.numel()))
+    for start in range(0, len(selection.labels), rows):
+        image = F.normalize(selection.features[start : start + rows].float(), dim=-1)
+        # (slots, images, classes): slot j of class c; contiguous over (images, classes).
+        distance = (1 - image @ keys.T)[:, slots].permute(1, 0, 2).contiguous()
+        labels = selection.labels[start : start + rows, None]
+        zero_shot = zero_shot_all[start : start + rows]
+        rival = torch.arange(classes, device=keys.device)
+        margin = zero_shot.gather(1, labels) - zero_shot  # Δz: true class minus each rival
+        # argmax takes the first maximum: a tie with a rival of larger index (and the true
+        # class itself) is a win, counted as the smallest lead; a tie with a smaller one, a loss.
+        tied_win = (margin == 0) & (rival >= labels)
+        margin = torch.where(tied_win, torch.finfo(margin.dtype).tiny, margin)
+        ratio = torch.exp(distance * -step)
+        for first in range(0, len(betas), exact_every):
+            block = range(first, min(first + exact_every, len(betas)))
+            caches = torch.empty(len(block), *zero_shot.shape, device=keys.device)
+            phi = torch.exp(distance * -betas[first]) * mask
+            for offset in range(len(block)):
+                if offset:
+                    phi.mul_(ratio)
+                torch.sum(phi, 0, out=caches[offset])
+            # Right iff Δz + α Δc > 0 for every rival. Δc = 0 (caches are sums of exponentials,
+            # so an exact tie is +0): −Δz/+0 is −inf (no bound) for a lead, +inf or NaN (never
+            # right) for a loss.
+            gain = caches.gather(2, labels.expand(len(block), -1, 1)) - caches  # Δc
+            bound = -margin / gain
+            lower = torch.where(gain >= 0, bound, -torch.inf).amax(-1)
+            upper = torch.where(gain < 0, bound, torch.inf).amin(-1)
+            right = (grid > lower) & (grid < upper)  # (alphas, block, images)
+            counts[first : first + len(block)] += right.sum(-1).T
+    return counts
 
 
 class TipAdapter(Adapter):
@@ -111,25 +190,15 @@ class TipAdapter(Adapter):
 
     def _searched(self, selection: SelectionSet) -> torch.Tensor:
         """The first strictly best (α, β) of the grid, β outer, α inner (``search_hp``)."""
-        zero_shot = selection.zero_shot_logits()
+        betas = search_grid(self.search_scale[0], self.search_steps[0])
+        alphas = search_grid(self.search_scale[1], self.search_steps[1])
         with torch.no_grad():
-            affinity = cache_affinity(selection.features, self.keys)
-            best, best_correct = self.initial, 0
-            betas = search_grid(self.search_scale[0], self.search_steps[0])
-            alphas = search_grid(self.search_scale[1], self.search_steps[1])
-            alpha_column = torch.tensor(alphas, device=affinity.device)[:, None, None]
-            key_labels = self.values.argmax(dim=1)
-            empty = torch.zeros(len(affinity), self.values.shape[1], device=affinity.device)
-            for beta in betas:
-                # φ(A) L with one-hot L: a sum of φ's columns per class (no NK × C product).
-                cache = empty.index_add(1, key_labels, torch.exp(-beta * (1 - affinity)))
-                # Every α of the inner loop at once: (alphas, images, classes).
-                predicted = (zero_shot + alpha_column * cache).argmax(dim=-1)
-                correct = (predicted == selection.labels).sum(dim=-1)
-                top = int(correct.max())
-                if top > best_correct:  # strictly better; the first α of the row's maximum
-                    best, best_correct = (alphas[int(correct.argmax())], beta), top
-        return torch.tensor(best, device=self.keys.device)
+            counts = search_counts(selection, self.keys, self.values.argmax(dim=1), betas, alphas)
+        best = int(counts.argmax())  # the first maximum in (β, α) row-major order
+        if counts.view(-1)[best] == 0:  # the anchor's loop starts from 0 correct
+            return torch.tensor(self.initial, device=self.keys.device)
+        beta, alpha = divmod(best, len(alphas))
+        return torch.tensor((alphas[alpha], betas[beta]), device=self.keys.device)
 
     def extra_logits(self, inputs: HeadInput) -> torch.Tensor:
         alpha, beta = self.alpha_beta[0], self.alpha_beta[1]
