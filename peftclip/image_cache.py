@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -57,6 +58,7 @@ AUTO = "auto"
 DEFAULT_MAX_GB = 10.0
 StorageDtype = Literal["float32", "float16"]
 _SUFFIX = ".safetensors"
+_log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -214,18 +216,24 @@ class ImageFeatureCache:
         back in the computed dtype), so a cold run and a warm run see the same bits.
         """
         key = self.key(description)
-        table = MEMORY.get(key)
+        table, source = MEMORY.get(key), "hit (memory)"
         if self.directory is not None:
             if table is None:
-                table = self._read(description)
+                table, source = self._read(description), f"hit ({self.path(description)})"
             elif not self.path(description).is_file():  # computed for another cache folder
                 self._write(description, table)
         if table is None:
             computed = compute()
             table = computed.to(getattr(torch, self.dtype)).to(computed.dtype).cpu()
+            source = "miss: computed"
             if self.directory is not None:
                 self._write(description, table)
+                source += f", stored in {self.path(description)}"
         MEMORY.put(key, table)
+        _log.info(
+            "image-feature cache %s: %s %s, %d images",
+            source, description.get("dataset"), description.get("split"), len(table),
+        )  # fmt: skip
         return table
 
     def _read(self, description: dict) -> torch.Tensor | None:

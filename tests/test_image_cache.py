@@ -263,6 +263,21 @@ def test_float16_storage_rounds_cold_and_warm_alike(tmp_path):
     assert not torch.equal(cold, exact) and torch.allclose(cold, exact, atol=1e-3)
 
 
+def test_each_lookup_logs_a_miss_or_where_it_hit(tmp_path, caplog):
+    cache = ImageFeatureCache(tmp_path)
+    with caplog.at_level("INFO", logger="peftclip.image_cache"):
+        cache.features(_description("a"), lambda: _table(4, 1.0))
+        cache.features(_description("a"), lambda: pytest.fail("in memory"))
+        image_cache.MEMORY.clear()
+        cache.features(_description("a"), lambda: pytest.fail("on disk"))
+    path = cache.path(_description("a"))
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "image-feature cache miss",
+        "image-feature cache hit (memory)",
+        f"image-feature cache hit ({path})",
+    ]
+
+
 def test_a_torn_file_is_recomputed(tmp_path):
     cache = ImageFeatureCache(tmp_path)
     cache.features(_description("a"), lambda: _table(4, 1.0))

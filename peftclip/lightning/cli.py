@@ -175,6 +175,8 @@ def _log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("lightning.pytorch", "lightning.fabric", "peftclip"):
         logging.getLogger(name).addHandler(handler)
+    # peftclip's INFO messages (image-feature cache hits and misses) belong in the run's log.
+    logging.getLogger("peftclip").setLevel(logging.INFO)
 
 
 class PeftClipCLI(LightningCLI):
