@@ -336,6 +336,45 @@ def test_selection_on_anchor_splits_needs_the_faithful_switch(name):
     assert adapter.selection_rule == "best_test"
 
 
+def test_tip_f_max_test_needs_the_faithful_switch_and_keeps_the_best_test_epoch():
+    with pytest.raises(PeftClipError, match="faithful: true"):
+        TipAdapterF(tip_f_select="max_test")
+    assert TipAdapterF().selection_rule == "best_val"
+    asked = []
+    data = _data(asked=asked)
+    tip_f = TipAdapterF(
+        views=3, alpha=1.17, search_scale=(7, 3), search_steps=(8, 4), faithful=True,
+        tip_f_select="max_test",
+    )  # fmt: skip
+    assert tip_f.selection_rule == "best_test"
+    tip_f.fit_from_data(data)
+    test = data.selection("test")
+    asked.clear()
+
+    def score(alpha_beta):
+        tip_f.alpha_beta = alpha_beta
+        cache = tip_f.extra_logits(_inputs(test.features, test.text_features))
+        return ((test.zero_shot_logits() + cache).argmax(-1) == test.labels).float().mean().item()
+
+    good = tip_f.keys.detach().clone()
+    tip_f.after_epoch(data.selection)  # epoch 1: the training-free keys
+    with torch.no_grad():
+        tip_f.keys.copy_(-good)  # epoch 2: keys that point away from their class
+    tip_f.after_epoch(data.selection)
+    tip_f.after_training(data.selection)
+    assert torch.equal(tip_f.keys, good)  # the best test epoch's keys are back
+    assert asked.count("test") == 3 and "fewshot_val" in asked  # 2 epochs, the final choice
+    # The reported model scores max(best epoch at the initial (α, β), searched (α, β)) on test.
+    chosen = tip_f.alpha_beta.clone()
+    initial = torch.tensor([1.17, 1.0])
+    at_initial = score(initial)
+    searched = TipAdapter(views=3, search_scale=(7, 3), search_steps=(8, 4))
+    searched.fit_from_data(data)
+    at_searched = score(searched.alpha_beta)
+    assert score(chosen) == max(at_initial, at_searched)
+    assert torch.equal(chosen, initial if at_initial > at_searched else searched.alpha_beta)
+
+
 def test_a_fitted_run_records_its_selection_rule_and_never_reads_test(tmp_path, monkeypatch):
     from peftclip.lightning.datamodule import PeftClipDataModule
 

@@ -168,6 +168,8 @@ class Adapter(nn.Module):
     * ``after_training(selection)`` — runs once when a fit's last optimizer step is done, with
       ``selection(split)`` as in :class:`TrainingFeatures` (Tip-Adapter-F's (α, β) search);
       the run's last checkpoint is written again afterwards.
+    * ``after_epoch(selection)`` — runs at the end of every training epoch, with
+      ``selection(split)`` (Tip-Adapter-F's faithful best-test-epoch rule).
     * ``set_run_length(run)`` — receives the run's length from the trainer (rank schedules).
     * ``after_optimizer_step(step)`` — e.g. a proximal step.
     * ``begin_task(task)`` / ``end_task(task)`` — task boundaries of a continual stream.
@@ -225,6 +227,9 @@ class Adapter(nn.Module):
     def after_training(self, selection: Callable[[str], SelectionSet]) -> None:
         """Runs after the last optimizer step of a fit (hyperparameters chosen on trained
         tensors)."""
+
+    def after_epoch(self, selection: Callable[[str], SelectionSet]) -> None:
+        """Runs at the end of every training epoch (a per-epoch model selection)."""
 
     def set_run_length(self, run: RunLength) -> None:
         """Receives the training run's length before the first step."""

@@ -10,6 +10,7 @@ every training image over the augmented views, values their one-hot labels; the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from peftclip.adapters.registry import register_adapter
 from peftclip.adapters.selection import (
     SELECTION_RULE,
     SelectionSplit,
+    accuracy,
     check_selection_split,
     selection_set,
 )
@@ -224,12 +226,51 @@ class TipAdapter(Adapter):
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys are fine-tuned (NK·d trainable numbers), starting from the
     training-free cache; trained with the initial (α, β), then (α, β) searched on the selection
-    split with the last keys (the anchor picks its epoch on test: docs/methods/tip_adapter.md).
+    split with the last keys (docs/methods/tip_adapter.md).
 
-    Args: as :class:`TipAdapter` (the anchor's ImageNet init α = 1.17, β = 1).
+    Args:
+        tip_f_select: ``last`` (default): the last epoch's keys. ``max_test`` (needs
+            ``faithful``): the anchor's reporting — after every epoch the test accuracy at the
+            initial (α, β) is measured and the best epoch's keys are kept; after the search the
+            model is whichever of (best keys, initial α, β) and (best keys, searched α, β)
+            scores higher on test, i.e. the anchor's max(best epoch, searched) test accuracy.
+            The record's ``selection_rule`` is then ``best_test``.
+        others: As :class:`TipAdapter` (the anchor's ImageNet init α = 1.17, β = 1).
     """
 
     trained_keys = True
+
+    def __init__(
+        self,
+        views: int = 10,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        search_scale: Sequence[float] = (7.0, 3.0),
+        search_steps: Sequence[int] = (200, 20),
+        search: bool = True,
+        selection_split: SelectionSplit = "fewshot_val",
+        faithful: bool = False,
+        tip_f_select: Literal["last", "max_test"] = "last",
+    ) -> None:
+        super().__init__(
+            views, alpha, beta, search_scale, search_steps, search, selection_split, faithful
+        )
+        if tip_f_select not in ("last", "max_test"):
+            raise PeftClipError(
+                f"tip_adapter_f: tip_f_select is last or max_test; got '{tip_f_select}'."
+            )
+        if tip_f_select == "max_test" and not faithful:
+            raise PeftClipError(
+                "tip_adapter_f: tip_f_select: max_test picks the epoch and (α, β) on the test "
+                "split, the anchor's reporting rule, not a clean protocol; set faithful: true to "
+                "reproduce it (the record's selection_rule says best_test), or keep "
+                "tip_f_select: last."
+            )
+        self.tip_f_select = tip_f_select
+        if tip_f_select == "max_test":
+            self.selection_rule = "best_test"
+        #: max_test: (test accuracy, keys) of the best epoch so far (a fit's state, not saved).
+        self._best_epoch: tuple[float, torch.Tensor] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         saved = state_dict.get(prefix + "keys")
@@ -237,9 +278,30 @@ class TipAdapterF(TipAdapter):
             self.keys.data = torch.empty_like(saved, device=self.keys.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def after_epoch(self, selection: Callable[[str], SelectionSet]) -> None:
+        if self.tip_f_select != "max_test":
+            return
+        score = self._accuracy(selection("test"), self.alpha_beta)
+        if self._best_epoch is None or score > self._best_epoch[0]:  # the anchor's strict >
+            self._best_epoch = (score, self.keys.detach().clone())
+
     def after_training(self, selection: Callable[[str], SelectionSet]) -> None:
-        if self.search:
+        if self.tip_f_select == "max_test" and self._best_epoch is not None:
+            best_score, keys = self._best_epoch
+            self.keys.data = keys
+            if self.search:
+                searched = self._searched(selection(self.selection_split))
+                if self._accuracy(selection("test"), searched) >= best_score:
+                    self.alpha_beta = searched
+            self._best_epoch = None
+        elif self.search:
             self.alpha_beta = self._searched(selection(self.selection_split))
+
+    @torch.no_grad()
+    def _accuracy(self, selection: SelectionSet, alpha_beta: torch.Tensor) -> float:
+        affinity = cache_affinity(selection.features, self.keys)
+        cache = cache_logits(affinity, self.values, alpha_beta[0], alpha_beta[1])
+        return accuracy(selection.zero_shot_logits() + cache, selection.labels)
 
 
 register_adapter("tip_adapter", TipAdapter)

@@ -387,6 +387,9 @@ class PeftClipModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train", "train")
         for adapter in self.adapters:
+            if implements(adapter, "after_epoch"):
+                adapter.after_epoch(self.selection_set)
+        for adapter in self.adapters:
             summary = adapter.summary()
             if summary:
                 self.log_dict({f"{adapter.name}/{key}": value for key, value in summary.items()})
