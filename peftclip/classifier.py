@@ -9,6 +9,7 @@ from torch import nn
 
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
 from peftclip.adapters.base import HeadInput, implements
+from peftclip.adapters.weight_space import one_weight_per_step
 from peftclip.backbone import FrozenClip, TextFeatureCache, template_head, zero_shot_head
 from peftclip.backbone.shared_prefix import encode_text_shared_prefix, shareable_prefix
 from peftclip.data.templates import resolve_templates
@@ -216,8 +217,18 @@ class PeftClipClassifier(nn.Module):
         """Returns ``logits`` ``(batch, classes)`` and the image and text features.
 
         ``image_features`` (raw, of a frozen and unprompted tower: the image-feature cache)
-        replace the image tower's forward; ``images`` is then ``None``.
+        replace the image tower's forward; ``images`` is then ``None``. Each adapted weight is
+        materialized once for the whole forward (:func:`one_weight_per_step`).
         """
+        with one_weight_per_step(self):
+            return self._forward(images, classnames, image_features)
+
+    def _forward(
+        self,
+        images: torch.Tensor | None,
+        classnames: Sequence[str],
+        image_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         prompts = self.prompts()
         if image_features is None:
             image_features = self.backbone.encode_image(

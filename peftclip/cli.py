@@ -141,18 +141,9 @@ def list_command(kind: Literal["adapters", "datasets", "models"]) -> int:
         kind: adapters (model.adapters), datasets (data.dataset) or models, the open_clip
             configs (model.backbone.model_name).
     """
-    if kind == "adapters":
-        from peftclip.adapters import list_adapters
+    from peftclip.builtins import registered_names
 
-        print("\n".join(list_adapters()) or "(no adapters registered yet)")
-    elif kind == "datasets":
-        from peftclip.data import list_datasets
-
-        print("\n".join(list_datasets()))
-    else:
-        from peftclip.backbone import list_models
-
-        print("\n".join(list_models()))
+    print("\n".join(registered_names(kind)) or f"(no {kind} registered yet)")
     return 0
 
 

@@ -213,8 +213,19 @@ class ImageFeatureCache:
         """The table of ``description``: from memory, from disk, or ``compute()``d and stored.
 
         What is returned is always what a later lookup returns (rounded to the storage dtype,
-        back in the computed dtype), so a cold run and a warm run see the same bits.
+        back in the computed dtype), so a cold run and a warm run see the same bits. Under DDP
+        with a cache folder, rank 0 is the one writer: the other ranks wait for it, then read.
         """
+        shared = self.directory is not None and _world_size() > 1
+        if shared and torch.distributed.get_rank() != 0:
+            torch.distributed.barrier()  # DDP: rank 0 reads or computes and writes the table
+        try:
+            return self._features(description, compute)
+        finally:
+            if shared and torch.distributed.get_rank() == 0:
+                torch.distributed.barrier()  # the table is on disk: the other ranks read it
+
+    def _features(self, description: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = self.key(description)
         table, source = MEMORY.get(key), "hit (memory)"
         if self.directory is not None:
@@ -308,6 +319,12 @@ def disk_entries(directory: Path) -> list[CacheEntry]:
             description = {}
         entries.append(CacheEntry(path, stat.st_size, stat.st_mtime, description))
     return sorted(entries, key=lambda entry: entry.last_used)
+
+
+def _world_size() -> int:
+    """Processes of the current ``torch.distributed`` group (1 outside DDP)."""
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_initialized() else 1
 
 
 def _name(table: torch.Tensor) -> str:

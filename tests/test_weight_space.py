@@ -279,3 +279,50 @@ def test_trainable_counts_on_vit_b_16(build, expected, monkeypatch):
     PeftClipClassifier(load_backbone("ViT-B-16", init_seed=0), [adapter])
     assert sum(p.numel() for p in adapter.parameters() if p.requires_grad) == expected
     assert len(adapter.targets) == 144 if expected != 184_320 else 72
+
+
+def test_svd_weight_is_built_once_per_step_with_the_per_call_loss_and_gradients(
+    backbone, monkeypatch
+):
+    """Chunked, prefix-shared text encoding calls each text layer several times per step; the
+    classifier's forward builds ``W(s)`` once and the loss and gradients are those of building it
+    per call (the path before the step scope), to fp32 rounding."""
+    from peftclip.adapters.clip_svd import SingularValueLinear
+
+    torch.manual_seed(0)
+    adapter = ClipSVD(cache=False)
+    classifier = PeftClipClassifier(backbone, [adapter], text_chunk_size=2).train()
+    _perturb(adapter)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    weights_seen: dict[int, list[torch.Tensor]] = {}
+    plain_forward = SingularValueLinear.forward
+
+    def recording_forward(layer, x):
+        weights_seen.setdefault(id(layer), []).append(layer.weight)
+        return plain_forward(layer, x)
+
+    monkeypatch.setattr(SingularValueLinear, "forward", recording_forward)
+
+    def step(forward):
+        weights_seen.clear()
+        loss = nn.functional.cross_entropy(forward(images, CLASSES)["logits"], labels)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in adapter.named_parameters()}
+        adapter.zero_grad(set_to_none=True)
+        distinct = {key: len({id(w) for w in seen}) for key, seen in weights_seen.items()}
+        calls = {key: len(seen) for key, seen in weights_seen.items()}
+        return loss.detach(), grads, distinct, calls
+
+    per_call = step(classifier._forward)  # no step scope: W(s) built on every call
+    once = step(classifier)
+    assert max(per_call[3].values()) >= 3  # text layers: prefix + two chunks of class tails
+    assert per_call[2] == per_call[3]  # ... each call built its own W(s)
+    assert set(once[2].values()) == {1} and once[3] == per_call[3]
+    assert torch.equal(once[0], per_call[0])
+    assert once[1].keys() == per_call[1].keys() and len(once[1]) == len(adapter.sites)
+    for name, grad in per_call[1].items():
+        torch.testing.assert_close(once[1][name], grad, rtol=1e-5, atol=1e-7)
+    assert all(layer._step_weight is None for layer in adapter.sites.values())
+    with torch.no_grad():
+        adapter.sites[next(iter(adapter.sites))].s.mul_(1.5)  # a new step after an update
+    assert not torch.equal(step(classifier)[0], once[0])

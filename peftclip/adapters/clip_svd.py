@@ -135,7 +135,13 @@ class SingularValueLinear(nn.Module):
         linear: The pretrained layer.
         factors: The thin SVD of ``linear.weight`` (:func:`decompose`).
         factorized: Compute ``((x V) ⊙ s) Uᵀ + b`` like the anchor instead of materializing
-            ``W(s)`` once per call (same result; materializing is cheaper for ViT batches).
+            ``W(s)`` (same result; materializing is cheaper for ViT batches).
+
+    ``W(s)`` is built once per step, not once per call: inside :func:`one_weight_per_step` (the
+    classifier's forward) every call reuses the same ``W(s)`` tensor, and the backward sums the
+    gradients of all its uses before the one backward of ``U diag(s) Vᵀ`` — the same gradient
+    as building it per call. A layer is called more than once per step when the text tower
+    encodes a shared prompt prefix and the class tails separately, or the classes in chunks.
     """
 
     def __init__(self, linear: nn.Linear, factors: SvdFactors, factorized: bool = False) -> None:
@@ -147,6 +153,8 @@ class SingularValueLinear(nn.Module):
         self.s = nn.Parameter(factors.S.clone())
         self.factorized = factorized
         self._frozen_weight: tuple[tuple, torch.Tensor] | None = None
+        self._step_weight: tuple[tuple, torch.Tensor] | None = None
+        self.step_scopes = 0  # open one_weight_per_step blocks
 
     @property
     def in_features(self) -> int:
@@ -159,13 +167,21 @@ class SingularValueLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """``U diag(s) Vᵀ`` ``(out, in)`` (a property, like ``nn.Linear.weight``)."""
-        if torch.is_grad_enabled():
-            return (self.U * self.s) @ self.Vh
-        # Evaluation: rebuild W(s) only when s changed (every in-place update bumps _version).
         version = (self.s._version, self.s.device)
+        if torch.is_grad_enabled():
+            if not self.step_scopes:
+                return (self.U * self.s) @ self.Vh
+            if self._step_weight is None or self._step_weight[0] != version:
+                self._step_weight = (version, (self.U * self.s) @ self.Vh)
+            return self._step_weight[1]
+        # Evaluation: rebuild W(s) only when s changed (every in-place update bumps _version).
         if self._frozen_weight is None or self._frozen_weight[0] != version:
             self._frozen_weight = (version, (self.U * self.s) @ self.Vh)
         return self._frozen_weight[1]
+
+    def end_step(self) -> None:
+        """Forgets the step's ``W(s)`` (its autograd graph belongs to that step's backward)."""
+        self._step_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.factorized:

@@ -8,7 +8,8 @@ hold only them, never the frozen weights), and can fold itself into plain ``nn.L
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from torch import nn
 
@@ -100,3 +101,25 @@ class WeightSpaceAdapter(Adapter):
             self._unmerge(target, adapted)
             target.replace(adapted)
         self.merged = False
+
+
+@contextlib.contextmanager
+def one_weight_per_step(model: nn.Module) -> Iterator[None]:
+    """Within the block, every adapted layer of ``model`` materializes its weight at most once.
+
+    For the layers that build their weight from trainable factors (CLIP-SVD's ``U diag(s) Vᵀ``):
+    the first call of the step builds it, later calls of the step reuse that tensor. Leaving
+    the block forgets it, so the next step (after an optimizer update, or a gradient-
+    accumulation micro-batch whose backward freed the graph) builds a fresh one. Exact: the
+    backward accumulates the gradient of every use into the one tensor first.
+    """
+    layers = [module for module in model.modules() if hasattr(module, "step_scopes")]
+    for layer in layers:
+        layer.step_scopes += 1
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.step_scopes -= 1
+            if not layer.step_scopes:
+                layer.end_step()

@@ -57,7 +57,13 @@ class EpochSampler(Sampler[tuple[int, int]]):
         epoch: The epoch an iterator serves (called as it starts).
         shuffle: A random permutation per epoch, or the samples in order (still with
             per-epoch augmentation seeds: the views of a feature extraction).
-        batch_size: Samples per batch (what :meth:`resume_at` counts in).
+        batch_size: Samples per global batch (what :meth:`resume_at` counts in).
+        rank: This process's rank among ``world_size`` data-parallel processes.
+        world_size: Data-parallel processes (DDP). Each global batch ``j`` of the epoch's order
+            (samples ``j·B … (j+1)·B − 1``) is cut into ``world_size`` consecutive slices and
+            rank ``r`` yields slice ``r``; its loader batches ``B / world_size`` samples. So the
+            ranks' batches of step ``j`` together are exactly the single-process batch ``j``,
+            and DDP's gradient average equals the single-process gradient (docs/multi_gpu.md).
     """
 
     def __init__(
@@ -67,12 +73,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
         epoch: Callable[[], int],
         shuffle: bool = True,
         batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.size = size
         self.seed = seed
         self.epoch = epoch
         self.shuffle = shuffle
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         #: The epoch of the latest iterator (a trainer can check it against its own).
         self.serving: int | None = None
         self._resume: tuple[int, int] | None = None
@@ -83,7 +92,14 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         # The full epoch, also when resuming: the trainer counts the skipped batches as done.
-        return self.size
+        return len(self._slice(torch.arange(self.size)))
+
+    def _slice(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``order``: slice ``rank`` of every global batch."""
+        if self.world_size == 1:
+            return order
+        batches = order.split(self.batch_size)
+        return torch.cat([batch.tensor_split(self.world_size)[self.rank] for batch in batches])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self._resume or (self.epoch(), 0)
@@ -94,7 +110,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = torch.arange(self.size)
         sample_seeds = augmentation_seeds(self.seed, epoch, self.size)
-        for index in order[skip * self.batch_size :].tolist():
+        for index in self._slice(order[skip * self.batch_size :]).tolist():
             yield index, sample_seeds[index]
 
 

@@ -223,7 +223,13 @@ class PeftClipCLI(LightningCLI):
             save_config_kwargs={"overwrite": False},
             # Logs, checkpoints and the resolved config.yaml go under runs/, not the cwd; a
             # pre-empted fit (SIGTERM) saves last.ckpt before it exits (docs/resuming.md).
-            trainer_defaults={"default_root_dir": "runs", "callbacks": [CheckpointOnSigterm()]},
+            # use_distributed_sampler off: the training sampler splits each global batch over
+            # the DDP processes itself (docs/multi_gpu.md).
+            trainer_defaults={
+                "default_root_dir": "runs",
+                "callbacks": [CheckpointOnSigterm()],
+                "use_distributed_sampler": False,
+            },
             seed_everything_default=0,  # reproducible by default; recipes may override
             **kwargs,
         )

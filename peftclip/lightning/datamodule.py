@@ -194,10 +194,17 @@ class PeftClipDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """The training split, each epoch's order and augmentation a function of the run's seed
-        and the epoch only (docs/resuming.md), so a resumed run sees the same batches."""
+        and the epoch only (docs/resuming.md), so a resumed run sees the same batches.
+
+        Under DDP, ``batch_size`` stays the global batch: each of the ``world_size`` processes
+        loads its slice of every global batch (:class:`EpochSampler`), so a recipe trains the
+        same on any number of devices (docs/multi_gpu.md)."""
         train = self.data.splits["train"]
+        rank, world = self._data_parallel()
+        drop_last = self.drop_last == "dassl" and len(train) >= self.batch_size  # Dassl's rule
+        self._check_global_batch(len(train), world, drop_last)
         sampler = EpochSampler(
-            len(train), self.run_seed, self._current_epoch, True, self.batch_size
+            len(train), self.run_seed, self._current_epoch, True, self.batch_size, rank, world
         )
         if self._resume_at is not None:
             sampler.resume_at(*self._resume_at)
@@ -205,9 +212,9 @@ class PeftClipDataModule(L.LightningDataModule):
         self._train_sampler = sampler
         return DataLoader(
             SampleIndices(train) if self._serves_indices() else SeededSamples(train),
-            batch_size=self.batch_size,
+            batch_size=self.batch_size // world,
             sampler=sampler,
-            drop_last=self.drop_last == "dassl" and len(train) >= self.batch_size,  # Dassl's rule
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.run_seed),
@@ -249,6 +256,26 @@ class PeftClipDataModule(L.LightningDataModule):
         features from tables (``PeftClipModule.reads_feature_tables``)."""
         model = self.trainer.lightning_module if self.trainer is not None else None
         return bool(getattr(model, "reads_feature_tables", False))
+
+    def _data_parallel(self) -> tuple[int, int]:
+        """``(rank, world_size)`` of the trainer's data-parallel processes (``(0, 1)`` alone)."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _check_global_batch(self, size: int, world: int, drop_last: bool) -> None:
+        """Every process must get an equal share of every global batch (else DDP's average is
+        not the single-process gradient, or a process runs out of batches and the others hang).
+        """
+        last = size % self.batch_size
+        if world == 1 or (self.batch_size % world == 0 and (drop_last or last % world == 0)):
+            return
+        raise PeftClipError(
+            f"data.batch_size {self.batch_size} (the global batch) must split evenly over the "
+            f"{world} training processes, and so must the last batch of an epoch ({last} of "
+            f"{size} images; set data.drop_last: dassl to drop it). Choose a batch size that "
+            f"is a multiple of {world} and divides the training set, or change trainer.devices."
+        )
 
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
