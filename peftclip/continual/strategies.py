@@ -68,7 +68,8 @@ class Strategy:
     #: Registry name, set by :func:`register_strategy`.
     name: ClassVar[str] = ""
     #: ``current_task``: a batch of the current task's training images under the test
-    #: transform each step (LwF, VR-LwF); ``stream``: the stream's reference set (ZSCL).
+    #: transform each step (LwF, VR-LwF); ``stream``: a batch of the set :meth:`load_reference`
+    #: returns, one set for the whole run (ZSCL).
     reference_images: ClassVar[str | None] = None
 
     def options(self) -> dict[str, Any]:
