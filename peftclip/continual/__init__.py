@@ -11,8 +11,10 @@ from peftclip.continual.registry import build_strategy, list_strategies
 from peftclip.continual.strategies import Strategy, register_strategy
 from peftclip.continual.streams import Stream, Task, list_streams, resolve_stream
 from peftclip.continual.training import TrainingSettings
+from peftclip.continual.zscl import ZSCL
 
 __all__ = [
+    "ZSCL",
     "ContinualMetrics",
     "ContinualModel",
     "ContinualRecipe",

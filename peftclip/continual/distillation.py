@@ -1,4 +1,5 @@
-"""Distillation strategies: LwF, VR-LwF (ZSCL's LwF-VR) and ZSCL (docs/continual.md#strategies).
+"""Distillation strategies: LwF, VR-LwF (ZSCL's LwF-VR), and the KD terms ZSCL shares with them
+(:mod:`peftclip.continual.zscl`; docs/continual.md#strategies).
 
 All three add the same two KD terms on a batch of reference images, against a frozen teacher's
 text embeddings ``T̂`` of a set of reference texts (s = exp(logit_scale), τ = 2)::
@@ -142,24 +143,39 @@ class Distillation(Strategy):
         self.teacher_text = teacher_embeddings(self.teacher, self.reference_tokens(model, task))
 
     def loss(self, step: Step) -> torch.Tensor:
-        return self.kd_terms(step.model, self.teacher, self.teacher_text, step.reference)
+        return kd_terms(
+            step.model,
+            self.teacher,
+            self.teacher_text,
+            step.reference,
+            self.temperature,
+            self.image_weight,
+            self.text_weight,
+        )
 
-    def kd_terms(
-        self,
-        model: ContinualModel,
-        teacher: ContinualModel,
-        texts: torch.Tensor,
-        reference: torch.Tensor,
-    ) -> torch.Tensor:
-        """Both KD terms of a reference batch against the teacher's text embeddings."""
-        scale = model.backbone.logit_scale.detach().float()
-        with torch.inference_mode():
-            teacher_logits = scale * teacher.encode_images(reference) @ texts.t()
-        teacher_logits = teacher_logits.clone()  # an ordinary tensor: usable in autograd
-        student_logits = scale * model.encode_images(reference) @ texts.t()
-        per_image = distillation_loss(teacher_logits, student_logits, self.temperature)
-        per_text = distillation_loss(teacher_logits.t(), student_logits.t(), self.temperature)
-        return self.image_weight * per_image + self.text_weight * per_text
+
+def kd_terms(
+    model: ContinualModel,
+    teacher: ContinualModel,
+    texts: torch.Tensor,
+    reference: torch.Tensor,
+    temperature: float,
+    image_weight: float = 1.0,
+    text_weight: float = 1.0,
+) -> torch.Tensor:
+    """Both KD terms of a reference batch against the teacher's text embeddings ``texts``.
+
+    The teacher's image features are computed under inference mode (it holds no activations);
+    only the student's image tower receives gradients.
+    """
+    scale = model.backbone.logit_scale.detach().float()
+    with torch.inference_mode():
+        teacher_logits = scale * teacher.encode_images(reference) @ texts.t()
+    teacher_logits = teacher_logits.clone()  # an ordinary tensor: usable in autograd
+    student_logits = scale * model.encode_images(reference) @ texts.t()
+    per_image = distillation_loss(teacher_logits, student_logits, temperature)
+    per_text = distillation_loss(teacher_logits.t(), student_logits.t(), temperature)
+    return image_weight * per_image + text_weight * per_text
 
 
 def teacher_embeddings(teacher: ContinualModel, tokens: torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,7 @@ class ContinualRun:
         self._backbone_train_transform = transforms.train
         self._eval_transform = self._transform(self.settings.eval_transform, transforms.eval)
         self._tests: dict[str, tuple[Any, list[str], list[str]]] = {}
+        self._stream_reference: Any = None
 
     def _transform(self, name: str, default):
         if name == "backbone":
@@ -204,8 +205,8 @@ class ContinualRun:
         reference.transform = self._eval_transform
         templates = self._templates(task, data)
         task_data = TaskData(index, list(data.classnames), templates[0], self.recipe.seed)
-        needs_reference = self.strategy.reference_images == "current_task"
-        return _TaskSplits(task_data, train, reference if needs_reference else None)
+        references = {"current_task": reference, "stream": self._stream_reference}
+        return _TaskSplits(task_data, train, references.get(self.strategy.reference_images))
 
     def evaluate_all(self) -> dict[str, Counts]:
         row = {}
@@ -229,6 +230,9 @@ class ContinualRun:
     def run(self) -> ContinualResult:
         """Trains the tasks not yet done and returns every evaluation row."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._stream_reference = self.strategy.load_reference(self.recipe.data_root)
+        if self._stream_reference is not None:
+            self._stream_reference.transform = self._eval_transform
         self.strategy.begin_stream(self.model)
         boundary = self._load(BOUNDARY)
         if boundary is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import peftclip.continual.distillation  # noqa: F401  (registers lwf, vr_lwf)
+from peftclip.continual import distillation, zscl  # noqa: F401  (register lwf, vr_lwf; zscl)
 from peftclip.continual.strategies import _STRATEGIES, Strategy
 from peftclip.errors import PeftClipError
 

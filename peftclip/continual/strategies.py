@@ -9,7 +9,8 @@ ContinualModel`: full fine-tuning by default, or adapters). The driver calls, pe
     end_task(model, task)           # after the last step, before the evaluation
 
 Semantics: docs/continual.md#strategies. Registered here: ``finetune``, ``wise_ft``, ``codyra``;
-``lwf`` and ``vr_lwf`` in :mod:`peftclip.continual.distillation`.
+``lwf`` and ``vr_lwf`` in :mod:`peftclip.continual.distillation`, ``zscl`` in
+:mod:`peftclip.continual.zscl`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch.utils.data import Dataset
 
 from peftclip.continual.model import ContinualModel
 from peftclip.errors import PeftClipError
@@ -66,12 +68,18 @@ class Strategy:
     #: Registry name, set by :func:`register_strategy`.
     name: ClassVar[str] = ""
     #: ``current_task``: a batch of the current task's training images under the test
-    #: transform each step (LwF, VR-LwF); ``stream``: the stream's reference set (ZSCL).
+    #: transform each step (LwF, VR-LwF); ``stream``: a batch of the set :meth:`load_reference`
+    #: returns, one set for the whole run (ZSCL).
     reference_images: ClassVar[str | None] = None
 
     def options(self) -> dict[str, Any]:
         """The strategy's settings (part of the results cell's identity)."""
         return {}
+
+    def load_reference(self, data_root: str | None) -> Dataset | None:
+        """Reads the strategy's reference data once per run, before :meth:`begin_stream`, and
+        returns the reference images when :attr:`reference_images` is ``stream``."""
+        return None
 
     def begin_stream(self, model: ContinualModel) -> None:
         """Called once with the zero-shot model, before any task (also on a resumed run)."""
