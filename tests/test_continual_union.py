@@ -94,7 +94,9 @@ def test_union_accuracy_is_at_most_task_identity_accuracy_and_matches_a_hand_com
     assert list(union) == list(DATASETS)
     for name in DATASETS:
         assert union[name]["total"] == task[name]["total"]
-        assert all(u <= t for u, t in zip(union[name]["correct"], task[name]["correct"]))
+        assert all(
+            u <= t for u, t in zip(union[name]["correct"], task[name]["correct"], strict=True)
+        )
     assert sum(sum(union[n]["correct"]) for n in DATASETS) < sum(
         sum(task[n]["correct"]) for n in DATASETS
     )  # the world's datasets share words ("an image of a ..."): some images go astray

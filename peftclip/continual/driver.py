@@ -28,8 +28,8 @@ from peftclip.continual.streams import Stream, Task
 from peftclip.continual.training import TaskProgress, TrainingSettings, evaluate, train_task
 from peftclip.continual.union import UnionTest, evaluate_union
 from peftclip.data import build_dataset
-from peftclip.data.templates import resolve_templates
 from peftclip.data.fewshot import sample_per_class
+from peftclip.data.templates import resolve_templates
 from peftclip.data.transforms import build_transform
 from peftclip.errors import PeftClipError
 from peftclip.lightning.resume import random_states, restore_random_states
