@@ -196,12 +196,25 @@ def _zero_shot_board(board: ContinualBoard) -> ContinualBoard:
 
 
 def _with_paper(board: ContinualBoard, references: ReferenceNumbers) -> ContinualBoard:
+    """The board with its published numbers, where its stream learns the published stream's
+    datasets in the published order (a custom stream of the same name is not compared)."""
     found = {
         column: references.lookup("continual", board.method, board.backbone, board.stream, column)
         for column in PAPER_COLUMNS
     }
     paper = {column: number for column, number in found.items() if number is not None}
-    return ContinualBoard(**{**board.__dict__, "paper": paper})
+    notes = board.notes
+    if paper:
+        from peftclip.continual.streams import BUILTIN_STREAMS  # the paper streams: no torch
+
+        published = tuple(task.dataset for task in BUILTIN_STREAMS[board.stream]().tasks)
+        if published != board.datasets:
+            paper = {}
+            notes += (
+                f"not compared with the paper: its {board.stream} learns "
+                f"{' → '.join(published)}, these runs {' → '.join(board.datasets)}",
+            )
+    return ContinualBoard(**{**board.__dict__, "paper": paper, "notes": notes})
 
 
 def build_continual_boards(
