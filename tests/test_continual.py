@@ -284,8 +284,14 @@ def test_every_continual_recipe_parses_and_states_its_command(recipe):
     assert all(f"# {key}:" in header for key in ("Paper", "Command", "Expected"))
     assert f"--config recipes/continual/{recipe.name}" in header
     config, stream = load_recipe(yaml.safe_load(text), str(recipe))
-    assert config.strategy == recipe.name.split("_mtil")[0].split("_world")[0]
-    assert resolve_stream(stream).name == recipe.stem.removeprefix(f"{config.strategy}_")
+    assert config.strategy == recipe.name.split("_mtil")[0].split("_world")[0].split("_xtail")[0]
+    resolved = resolve_stream(stream)
+    assert resolved.name == recipe.stem.removeprefix(f"{config.strategy}_")
+    builtin = resolve_stream(resolved.name)  # a stream written out keeps the built-in's tasks
+    assert [(t.dataset, t.shots, t.templates) for t in resolved.tasks] == [
+        (t.dataset, t.shots, t.templates) for t in builtin.tasks
+    ]
+    assert (resolved.held_out, resolved.evaluation) == (builtin.held_out, builtin.evaluation)
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if "_world" in r.name], ids=lambda p: p.name)

@@ -222,13 +222,20 @@ def test_reference_numbers_are_internally_consistent():
 
 def test_reference_numbers_name_real_methods_and_datasets_and_keep_their_sources():
     from peftclip.adapters import list_adapters
+    from peftclip.continual.registry import list_strategies
+    from peftclip.continual.streams import list_streams
     from peftclip.data import list_datasets
 
     references = reference_numbers()
     rows = {"average", "target_average", *list_datasets()}
-    for _, method, backbone, row, _ in references.numbers:
-        assert method == "zeroshot" or set(method.split("+")) <= set(list_adapters()), method
-        assert row in rows and backbone in references.backbones
+    strategies = {"zeroshot", *list_strategies()}
+    for protocol, method, backbone, row, _ in references.numbers:
+        if protocol == "continual":  # a strategy on a stream
+            assert method in strategies and row in list_streams(), (method, row)
+        else:
+            assert method == "zeroshot" or set(method.split("+")) <= set(list_adapters()), method
+            assert row in rows
+        assert backbone in references.backbones
     maple_eurosat = references.lookup("base2new", "maple", "ViT-B-16", "eurosat", "hm")
     assert (maple_eurosat.value, maple_eurosat.tag) == (82.35, "issue")
     assert "issue 28" in maple_eurosat.source
@@ -426,7 +433,8 @@ def test_latex_escapes_and_groups_columns(fixture_db):
     [
         (
             ["--protocol", "fewshot"],
-            "unknown protocol 'fewshot'; a leaderboard is made for few_shot, base2new, dg, xd.",
+            "unknown protocol 'fewshot'; a leaderboard is made for few_shot, base2new, dg, xd, "
+            "continual.",
         ),
         (["--protocol", "base2new", "--methods", "coop", "mapel"], "unknown method 'mapel'"),
         (["--protocol", "base2new", "--datasets", "dtdd"], "unknown dataset 'dtdd'"),

@@ -9,6 +9,7 @@ matrix as an uninterrupted run.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ from peftclip.continual.registry import build_strategy
 from peftclip.continual.strategies import Strategy, TaskData
 from peftclip.continual.streams import Stream, Task
 from peftclip.continual.training import TaskProgress, TrainingSettings, evaluate, train_task
+from peftclip.continual.union import UnionTest, evaluate_union
 from peftclip.data import build_dataset
+from peftclip.data.fewshot import sample_per_class
 from peftclip.data.templates import resolve_templates
 from peftclip.data.transforms import build_transform
 from peftclip.errors import PeftClipError
@@ -198,7 +201,7 @@ class ContinualRun:
                 "a learned task needs one (shifted world sets are test-only: put them under "
                 "held_out)."
             )
-        chosen = first_shots(split.targets, task.shots, self.recipe.seed)
+        chosen = sample_shots(split.targets, task.shots, self.recipe.seed, self.stream.sampling)
         identity = {label: label for label in range(len(data.classnames))}
         train, reference = split.subset(chosen, identity), split.subset(chosen, identity)
         train.transform = self._transform(settings.train_transform, self._backbone_train_transform)
@@ -209,6 +212,13 @@ class ContinualRun:
         return _TaskSplits(task_data, train, references.get(self.strategy.reference_images))
 
     def evaluate_all(self) -> dict[str, Counts]:
+        if self.stream.evaluation == "union":
+            # Task-agnostic: one head over every dataset's classes, each with its first template.
+            tests = []
+            for task in self.stream.evaluated:
+                test, classnames, templates = self._test_set(task)
+                tests.append(UnionTest(task.dataset, test, classnames, templates[0]))
+            return evaluate_union(self.model, tests, self.settings)
         row = {}
         for task in self.stream.evaluated:
             test, classnames, templates = self._test_set(task)
@@ -298,6 +308,16 @@ class ContinualRun:
         )
         self.model.classifier.end_task(index)
         self.strategy.end_task(self.model, splits.data)
+
+
+def sample_shots(targets: list[int], shots: int | None, seed: int, sampling: str) -> list[int]:
+    """The training indices of a task: all (``shots`` None), or ``shots`` per class by the
+    stream's ``sampling`` — ``first`` (:func:`first_shots`) or ``dassl`` (Dassl's
+    ``generate_fewshot_dataset`` seeded with ``seed``, as CoOp and X-TAIL sample), in dataset
+    order."""
+    if shots is None or sampling == "first":
+        return first_shots(targets, shots, seed)
+    return sorted(sample_per_class(targets, shots, random.Random(seed)))
 
 
 def first_shots(targets: list[int], shots: int | None, seed: int) -> list[int]:

@@ -4,15 +4,17 @@ A stream is data (docs/continual.md#streams): a list of tasks, each a registered
 its shots (``None``: the full training split), its templates and per-task overrides of the
 training settings (e.g. ZSCL's lr 5e-5 for Aircraft and MNIST), plus ``held_out`` datasets that
 are evaluated after every task but never trained on — they measure what is left of the
-zero-shot ability. Built in: MTIL Order I and II (full and 5-shot) and a ``world`` stream over
-the embedded world's tasks, which runs offline in minutes.
+zero-shot ability. A stream is evaluated with task identity (each dataset against its own
+classes) or task-agnostically (``evaluation: union``: every image against the classes of all the
+stream's datasets, X-TAIL's rule). Built in: MTIL Order I and II (full and 5-shot), X-TAIL, and
+``world`` / ``world_union`` streams over the embedded world's tasks, which run offline in minutes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -59,11 +61,29 @@ class Stream:
         name: The stream's name (the results cell's ``dataset``).
         tasks: Learned in this order; the accuracy matrix's columns follow it.
         held_out: Evaluated after every task, never trained on.
+        evaluation: ``task``: each dataset is classified against its own classes with its
+            template ensemble (task identity known, MTIL). ``union``: every image is classified
+            against the classes of all evaluated datasets, each with its first template, its
+            label offset by the class count of the datasets before it (task-agnostic, X-TAIL;
+            docs/continual.md#x-tail).
+        sampling: How a task with ``shots`` picks its images: ``first`` (the first ``shots``
+            per class of a seed-shuffled order, MoE-Adapters' rule) or ``dassl`` (Dassl's
+            ``generate_fewshot_dataset``, the CoOp few-shot sampling X-TAIL uses).
     """
 
     name: str
     tasks: tuple[Task, ...]
     held_out: tuple[Task, ...] = ()
+    evaluation: Literal["task", "union"] = "task"
+    sampling: Literal["first", "dassl"] = "first"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("evaluation", EVALUATIONS), ("sampling", SAMPLINGS)):
+            if getattr(self, name) not in allowed:
+                raise PeftClipError(
+                    f"stream '{self.name}': {name} is one of {', '.join(allowed)}; got "
+                    f"{getattr(self, name)!r}."
+                )
 
     @property
     def evaluated(self) -> tuple[Task, ...]:
@@ -77,11 +97,23 @@ class Stream:
         return shots.pop() if len(shots) == 1 else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        value = {
             "name": self.name,
             "tasks": [task.to_dict() for task in self.tasks],
             "held_out": [task.to_dict() for task in self.held_out],
         }
+        # Only where they differ from the default: the cells (and run folders) of the streams
+        # that existed before these settings keep their keys.
+        if self.evaluation != "task":
+            value["evaluation"] = self.evaluation
+        if self.sampling != "first":
+            value["sampling"] = self.sampling
+        return value
+
+
+#: The evaluation modes and few-shot samplers of a stream.
+EVALUATIONS = ("task", "union")
+SAMPLINGS = ("first", "dassl")
 
 
 # ZSCL's MTIL datasets as peftclip registry names with ZSCL's template ensembles. Aircraft, DTD,
@@ -132,11 +164,31 @@ def _world() -> Stream:
     return Stream("world", tuple(map(task, learned)), tuple(map(task, held_out)))
 
 
+#: X-TAIL's 10 domains in CoDyRA's order, as the CoOp datasets (CoOp splits and class names)
+#: and MNIST; each head is the dataset's first registered template.
+XTAIL_ORDER = (
+    "fgvc_aircraft", "caltech101", "dtd", "eurosat", "oxford_flowers", "food101", "mnist",
+    "oxford_pets", "stanford_cars", "sun397",
+)  # fmt: skip
+
+
+def _xtail() -> Stream:
+    tasks = tuple(Task(dataset, 16) for dataset in XTAIL_ORDER)
+    return Stream("xtail", tasks, evaluation="union", sampling="dassl")
+
+
+def _world_union() -> Stream:
+    world = _world()
+    return Stream("world_union", world.tasks, world.held_out, evaluation="union")
+
+
 BUILTIN_STREAMS = {
     "mtil_order1": lambda: _mtil("mtil_order1", MTIL_ORDER_1, None),
     "mtil_order2": lambda: _mtil("mtil_order2", MTIL_ORDER_2, None),
     "mtil_5shot": lambda: _mtil("mtil_5shot", MTIL_ORDER_1, 5),
+    "xtail": _xtail,
     "world": _world,
+    "world_union": _world_union,
 }
 
 
@@ -164,16 +216,17 @@ def _task(entry: Any, where: str) -> Task:
 
 
 def stream_from_dict(value: dict[str, Any], where: str = "stream") -> Stream:
-    """A stream from its mapping form: ``name``, ``tasks`` and optional ``held_out`` and
-    ``shots`` (the default of every task).
+    """A stream from its mapping form: ``name``, ``tasks`` and optional ``held_out``,
+    ``shots`` (the default of every task), ``evaluation`` and ``sampling``.
 
     Raises:
         PeftClipError: A key is unknown, or a task is malformed or the stream has none.
     """
-    unknown = set(value) - {"name", "tasks", "held_out", "shots"}
+    optional = ("name", "held_out", "shots", "evaluation", "sampling")
+    unknown = set(value) - {"tasks", *optional}
     if unknown or not value.get("tasks"):
         raise PeftClipError(
-            f"{where} needs 'tasks' (a list) and may have 'name', 'held_out' and 'shots'; got "
+            f"{where} needs 'tasks' (a list) and may have {', '.join(map(repr, optional))}; got "
             f"keys {sorted(value)}."
         )
     shots = value.get("shots")
@@ -186,7 +239,13 @@ def stream_from_dict(value: dict[str, Any], where: str = "stream") -> Stream:
     held_out = [
         _task(entry, f"{where}.held_out[{i}]") for i, entry in enumerate(value.get("held_out", []))
     ]
-    return Stream(value.get("name", "custom"), tuple(tasks), tuple(held_out))
+    return Stream(
+        value.get("name", "custom"),
+        tuple(tasks),
+        tuple(held_out),
+        evaluation=value.get("evaluation", "task"),
+        sampling=value.get("sampling", "first"),
+    )
 
 
 def resolve_stream(value: str | dict[str, Any]) -> Stream:

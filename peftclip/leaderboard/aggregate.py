@@ -21,8 +21,8 @@ from peftclip.leaderboard.reference import (
 )
 from peftclip.results.records import ResultRecord, harmonic_mean
 
-#: The protocols a leaderboard is made for.
-PROTOCOLS = ("few_shot", "base2new", "dg", "xd")
+#: The protocols a leaderboard is made for (continual: peftclip.leaderboard.continual).
+PROTOCOLS = ("few_shot", "base2new", "dg", "xd", "continual")
 #: How far (percentage points) a seed may lie from the median of its seeds before it is flagged.
 OUTLIER_POINTS = 5.0
 #: The few-shot column of a record without shots (zero-shot CLIP).

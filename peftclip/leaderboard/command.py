@@ -9,6 +9,13 @@ from pathlib import Path
 from peftclip.atomic_files import atomic_path, write_text_atomically
 from peftclip.errors import PeftClipError
 from peftclip.leaderboard.aggregate import PROTOCOLS, Board, build_boards
+from peftclip.leaderboard.continual import (
+    ContinualBoard,
+    build_continual_boards,
+    continual_layout,
+    continual_plots,
+    render_continual_csv,
+)
 from peftclip.leaderboard.plots import leaderboard_plots
 from peftclip.leaderboard.reference import reference_numbers
 from peftclip.leaderboard.render import (
@@ -28,7 +35,8 @@ def _names(values) -> str:
 
 
 def _row_dataset(record: ResultRecord) -> str:
-    """The dataset ``--datasets`` selects by: the evaluated one for dg / xd, else the trained."""
+    """The dataset ``--datasets`` selects by: the evaluated one for dg / xd, else the trained
+    (for continual: the stream)."""
     return record.evaluation if record.protocol in ("dg", "xd") else record.dataset
 
 
@@ -44,9 +52,19 @@ def _what_is_stored(records: list[ResultRecord]) -> str:
     )
 
 
-def _check_method_names(names: list[str]) -> None:
-    """Raises PeftClipError for a name that is no method (imports the adapters: only called for
-    names the database does not hold)."""
+def _check_method_names(names: list[str], protocol: str) -> None:
+    """Raises PeftClipError for a name that is no method (imports the adapters or strategies:
+    only called for names the database does not hold)."""
+    if protocol == "continual":
+        from peftclip.continual.registry import list_strategies
+
+        known = list_strategies()
+        for name in names:
+            if name != ZERO_SHOT and name not in known:
+                raise PeftClipError(
+                    f"unknown strategy '{name}'; a continual method is one of {', '.join(known)}."
+                )
+        return
     from peftclip.adapters import list_adapters
 
     adapters = list_adapters()
@@ -58,7 +76,18 @@ def _check_method_names(names: list[str]) -> None:
             )
 
 
-def _check_dataset_names(names: list[str]) -> None:
+def _check_dataset_names(names: list[str], protocol: str) -> None:
+    if protocol == "continual":
+        from peftclip.continual.streams import list_streams
+
+        known = list_streams()
+        for name in names:
+            if name not in known:
+                raise PeftClipError(
+                    f"unknown stream '{name}'; the built-in streams are {', '.join(known)} "
+                    "(a custom stream is selected by its name once it has records)."
+                )
+        return
     from peftclip.data import list_datasets
 
     known = list_datasets()
@@ -98,9 +127,9 @@ def select_records(
     absent_methods = [m for m in methods or [] if m not in {r.method for r in of_protocol}]
     absent_datasets = [d for d in datasets or [] if d not in {_row_dataset(r) for r in of_protocol}]
     if absent_methods:
-        _check_method_names(absent_methods)
+        _check_method_names(absent_methods, protocol)
     if absent_datasets:
-        _check_dataset_names(absent_datasets)
+        _check_dataset_names(absent_datasets, protocol)
     selected = [
         r
         for r in of_protocol
@@ -121,7 +150,7 @@ def select_records(
 
 
 def render_leaderboard(
-    boards: list[Board],
+    boards: list[Board] | list[ContinualBoard],
     protocol: str,
     *,
     format: str = "md",
@@ -133,9 +162,13 @@ def render_leaderboard(
     """The leaderboard text in a format (``md``, ``csv``, ``html``, ``latex``); ``html``
     embeds ``plots`` (file name → PNG)."""
     _check_format(format)
+    continual = protocol == "continual"
     if format == "csv":
-        return render_csv(boards, per_seed)
-    tables = [layout(board, per_seed) for board in boards]
+        return render_continual_csv(boards) if continual else render_csv(boards, per_seed)
+    if continual:
+        tables = continual_layout(boards, per_seed)
+    else:
+        tables = [layout(board, per_seed) for board in boards]
     if format == "html":
         return render_html(tables, protocol, database, count, plots or {})
     if format == "latex":
@@ -158,11 +191,12 @@ def leaderboard(
     What ``peftclip leaderboard`` prints; a protocol runner can call it after a sweep.
 
     Args:
-        protocol: few_shot, base2new, dg or xd.
+        protocol: few_shot, base2new, dg, xd or continual.
         db: The results database (default: $PEFTCLIP_RESULTS_DB, else runs/results.sqlite);
             opened read-only.
-        methods: Only these methods (None: all).
-        datasets: Only these datasets (dg / xd: evaluated datasets; None: all).
+        methods: Only these methods (continual: strategies; None: all).
+        datasets: Only these datasets (dg / xd: evaluated datasets; continual: streams; None:
+            all).
         format: md, csv, html (one self-contained page with the plots) or latex.
         per_seed: Add each seed's value.
         plots_dir: Write the plots there as PNG files (None: none).
@@ -178,13 +212,17 @@ def leaderboard(
     path = Path(db) if db is not None else default_db_path()
     with ResultsStore(path, readonly=True) as store:
         records = select_records(store, protocol, methods, datasets)
-    boards = build_boards(records, protocol, reference_numbers())
+    if protocol == "continual":
+        boards = build_continual_boards(records, reference_numbers())
+    else:
+        boards = build_boards(records, protocol, reference_numbers())
     if not boards:
         raise PeftClipError(
             f"the {protocol} records of {path} have no evaluation a {protocol} table shows "
             "(e.g. only val splits); `peftclip results list` shows them."
         )
-    plots = leaderboard_plots(boards, protocol) if format == "html" or plots_dir else {}
+    draw = continual_plots if protocol == "continual" else lambda b: leaderboard_plots(b, protocol)
+    plots = draw(boards) if format == "html" or plots_dir else {}
     written = []
     if plots_dir is not None:
         folder = Path(plots_dir)
@@ -221,18 +259,20 @@ def leaderboard_command(
     Reads only the database: per method (and profile and backbone) a table of mean ± population
     std over seeds (2 decimals), the average row, seeds more than 5 points from their median
     flagged, and, in columns of their own, the published number and the difference where one
-    exists. docs/leaderboard.md describes the tables.
+    exists; continual: per stream, Transfer / Avg / Last / BWT and the held-out means per
+    strategy (1 decimal). docs/leaderboard.md describes the tables.
 
     Args:
-        protocol: few_shot, base2new, dg or xd.
+        protocol: few_shot, base2new, dg, xd or continual.
         db: The results database (default: $PEFTCLIP_RESULTS_DB, else runs/results.sqlite).
-        methods: Only these methods (adapter names joined by '+'; zeroshot), e.g.
-            --methods coop maple.
-        datasets: Only these datasets (for dg and xd: the evaluated ones).
+        methods: Only these methods (adapter names joined by '+'; zeroshot; continual: the
+            strategies), e.g. --methods coop maple.
+        datasets: Only these datasets (for dg and xd: the evaluated ones; continual: streams).
         format: md, csv, html (one self-contained page, plots embedded) or latex.
         output: Write the leaderboard to this file instead of printing it.
         plots: Write the plots (PNG) into this folder: few-shot curves per dataset and their
-            average; bars of Base / New / HM (base2new) or top-1 (dg, xd).
+            average; bars of Base / New / HM (base2new) or top-1 (dg, xd); continual: the
+            accuracy-matrix heatmap and per-task curves of each strategy.
         per_seed: Add every seed's value beside the means.
     """
     text, written = leaderboard(

@@ -13,11 +13,16 @@ from importlib import resources
 import yaml
 
 #: The protocols the file has numbers for, and the columns of each (few_shot: K, or ``any``).
-PROTOCOL_COLUMNS = {"base2new": ("base", "new", "hm"), "dg": ("top1",), "xd": ("top1",)}
+PROTOCOL_COLUMNS = {
+    "base2new": ("base", "new", "hm"),
+    "dg": ("top1",),
+    "xd": ("top1",),
+    "continual": ("transfer", "avg", "last"),
+}
 #: The row key of a published average (base2new, few_shot) or target average (dg, xd).
 AVERAGE, TARGET_AVERAGE = "average", "target_average"
 #: The tags a number may carry (the file's header says what each means).
-TAGS = ("README", "issue", "paper-recalled", "analysis")
+TAGS = ("README", "issue", "paper-recalled", "analysis", "notebook", "page")
 #: The backbone of an entry that names none.
 DEFAULT_BACKBONE = "ViT-B/16"
 #: A few-shot column that matches every K (zero-shot CLIP does not depend on K).
@@ -55,7 +60,8 @@ class ReferenceNumbers:
     Attributes:
         numbers: ``(protocol, method, backbone, row, column) → PaperNumber``, where backbone is
             a name of ``backbones`` (``ViT-B/16``), row a dataset or ``average`` /
-            ``target_average``, and column ``base`` / ``new`` / ``hm``, ``top1`` or K.
+            ``target_average`` (continual: a stream), and column ``base`` / ``new`` / ``hm``,
+            ``top1``, K or ``transfer`` / ``avg`` / ``last``.
         transcribed: Every number of the file, the ones not compared with included
             (``(protocol, paper_method, backbone, row, column) → PaperNumber``).
         backbones: ``backbone → the open_clip model names of that network``.
@@ -108,7 +114,8 @@ def _columns(protocol: str, value) -> dict:
     values = value if isinstance(value, list) else [value]
     if len(values) != len(columns):
         raise ValueError(f"a {protocol} value has the columns {columns}; got {value!r}")
-    return {column: float(v) for column, v in zip(columns, values, strict=True)}
+    # A null is a number the source does not print (e.g. zero-shot Avg of MTIL 5-shot).
+    return {column: float(v) for column, v in zip(columns, values, strict=True) if v is not None}
 
 
 def parse_reference_numbers(data: dict) -> ReferenceNumbers:
@@ -124,7 +131,7 @@ def parse_reference_numbers(data: dict) -> ReferenceNumbers:
     numbers: dict[tuple, PaperNumber] = {}
     transcribed: dict[tuple, PaperNumber] = {}
     for protocol in (*PROTOCOL_COLUMNS, "few_shot"):
-        for entry in data[protocol]:
+        for entry in data.get(protocol, ()):
             backbone = entry.get("backbone", DEFAULT_BACKBONE)
             if backbone not in backbones:
                 raise ValueError(f"{entry['paper_method']}: unknown backbone {backbone!r}")

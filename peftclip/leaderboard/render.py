@@ -28,6 +28,7 @@ TITLES = {
     "base2new": "Base-to-new generalization",
     "dg": "Domain generalization",
     "xd": "Cross-dataset transfer",
+    "continual": "Continual learning",
 }
 DESCRIPTIONS = {
     "few_shot": (
@@ -53,6 +54,23 @@ DESCRIPTIONS = {
         "per-seed target average."
     ),
 }
+DESCRIPTIONS["continual"] = (
+    "Per stream, the metrics of the accuracy matrix A (row t: after learning task t; column d: "
+    "the d-th learned dataset in learning order): Transfer = mean over d ≥ 2 of the mean over "
+    "t < d of A[t, d] (datasets not learned yet), Avg = mean over d of the mean over all rows, "
+    "Last = mean of the last row, BWT = mean over d < T of A[T, d] − A[d, d]. Held-out: the "
+    "mean top-1 of the datasets never trained on, at zero-shot and after the last task. The "
+    "zeroshot rows are the runs' row 0 (every row of the matrix equal to it). Task streams with "
+    "evaluation union (X-TAIL) classify every image against all the stream's classes."
+)
+CONTINUAL_RULES = (
+    "Measured: mean ± population std (ddof = 0) over seeds of each seed's metric, computed "
+    "from the stored per-class counts and rounded to 1 decimal only for display. "
+    f"{OUTLIER_MARK}: a seed more than 5 points from the median of its seeds. Paper numbers "
+    "are published ones (never measured here), in their own columns, with their source under "
+    "each table; Δ = measured − paper. Tags: notebook (the official repository's results "
+    "notebook), page (the method's project page)."
+)
 COMMON_RULES = (
     "Measured: mean ± population std (ddof = 0) over seeds, rounded only for display. "
     f"{OUTLIER_MARK}: a seed more than 5 points from the median of its seeds. Paper numbers are "
@@ -230,7 +248,7 @@ def _heading(protocol: str, database: str, count: int) -> list[str]:
     return [
         f"Leaderboard: {TITLES[protocol]} ({protocol})",
         DESCRIPTIONS[protocol],
-        COMMON_RULES,
+        CONTINUAL_RULES if protocol == "continual" else COMMON_RULES,
         f"From {count} record{'s' * (count != 1)} of {database}.",
     ]
 
