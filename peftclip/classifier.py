@@ -6,11 +6,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from peftclip.adapters import Adapter, Prompts, TextInput, check_composition
 from peftclip.adapters.base import HeadInput, implements
 from peftclip.adapters.weight_space import one_weight_per_step
-from peftclip.backbone import FrozenClip, TextFeatureCache, template_head, zero_shot_head
+from peftclip.backbone import (
+    DeepPrompts,
+    FrozenClip,
+    TextFeatureCache,
+    template_head,
+    zero_shot_head,
+)
 from peftclip.backbone.shared_prefix import encode_text_shared_prefix, shareable_prefix
 from peftclip.data.templates import resolve_templates
 from peftclip.errors import PeftClipError
@@ -32,6 +39,12 @@ class PeftClipClassifier(nn.Module):
         share_text_prefix: Encode the prompt start that all classes share once
             (:mod:`peftclip.backbone.shared_prefix`; exact). ``False`` forces the plain path,
             for debugging.
+        text_grad_chunk_size: While gradients flow, encode adapter-built class prompts this
+            many classes at a time (of every image, for image-conditioned prompts), each chunk
+            under activation checkpointing: the text tower then holds the activations of one
+            chunk instead of all classes, for one extra text forward per step; loss and
+            gradients are the same (docs/performance.md#many-classes). ``None``: all classes
+            in one call (fastest).
     """
 
     def __init__(
@@ -43,6 +56,7 @@ class PeftClipClassifier(nn.Module):
         text_cache: TextFeatureCache | None = None,
         logit_scale: float | None = None,
         share_text_prefix: bool = True,
+        text_grad_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         check_composition(adapters)
@@ -53,6 +67,12 @@ class PeftClipClassifier(nn.Module):
         self.text_cache = text_cache if text_cache is not None else TextFeatureCache()
         self.fixed_logit_scale = logit_scale
         self.share_text_prefix = share_text_prefix
+        if text_grad_chunk_size is not None and text_grad_chunk_size < 1:
+            raise PeftClipError(
+                f"text_grad_chunk_size must be a positive number of classes or null (no "
+                f"chunking); got {text_grad_chunk_size}."
+            )
+        self.text_grad_chunk_size = text_grad_chunk_size
         self._eval_head: tuple[tuple, torch.Tensor] | None = None
         for adapter in self.adapters:
             adapter.attach(backbone)
@@ -175,22 +195,49 @@ class PeftClipClassifier(nn.Module):
         shared = self.share_text_prefix and shareable_prefix(
             self.backbone, text_input.shared_prefix, pool_index, prompts.text_deep
         )
-        if shared:
-            # One group of classes, or one per image for image-conditioned prompts.
-            groups = embeddings if embeddings.dim() == 4 else embeddings.unsqueeze(0)
-            features = encode_text_shared_prefix(
-                self.backbone, groups, pool_index, shared, prompts.text_deep
+        # One group of classes, or one per image for image-conditioned prompts.
+        groups = embeddings if embeddings.dim() == 4 else embeddings.unsqueeze(0)
+        chunk, classes = self.text_grad_chunk_size, groups.shape[1]
+        if chunk is None or chunk >= classes or not torch.is_grad_enabled():
+            features = self._encode_groups(groups, pool_index, shared, prompts.text_deep)
+        else:
+            # Autograd keeps each chunk's inputs and features only and recomputes its blocks in
+            # the backward pass, so peak activation memory follows the chunk, not the classes.
+            features = torch.cat(
+                [
+                    checkpoint(
+                        self._encode_groups,
+                        groups[:, start : start + chunk],
+                        pool_index[start : start + chunk],
+                        shared,
+                        prompts.text_deep,
+                        use_reentrant=False,
+                    )
+                    for start in range(0, classes, chunk)
+                ],
+                dim=1,
             )
-            return features if embeddings.dim() == 4 else features[0]
-        if embeddings.dim() == 3:
-            return self.backbone.encode_text(embeddings, pool_index, prompts.text_deep)
-        # Image-conditioned prompts (batch, classes, L, width): one batched call over all
-        # batch × classes sequences instead of the anchors' per-image loop (same math).
-        batch, classes = embeddings.shape[:2]
+        return features if embeddings.dim() == 4 else features[0]
+
+    def _encode_groups(
+        self,
+        groups: torch.Tensor,
+        pool_index: torch.Tensor,
+        shared: int,
+        deep_prompts: DeepPrompts | None,
+    ) -> torch.Tensor:
+        """Features ``(groups, classes, d)`` of prompt groups ``(groups, classes, L, width)``."""
+        if shared:
+            return encode_text_shared_prefix(
+                self.backbone, groups, pool_index, shared, deep_prompts
+            )
+        # Image-conditioned prompts: one batched call over all batch × classes sequences instead
+        # of the anchors' per-image loop (same math).
+        count, classes = groups.shape[:2]
         flat = self.backbone.encode_text(
-            embeddings.flatten(0, 1), pool_index.repeat(batch), prompts.text_deep
+            groups.flatten(0, 1), pool_index.repeat(count), deep_prompts
         )
-        return flat.view(batch, classes, -1)
+        return flat.view(count, classes, -1)
 
     def head(self, inputs: HeadInput) -> torch.Tensor:
         """The head's logits: CLIP's scaled cosine (or an adapter's own head), plus any

@@ -133,6 +133,10 @@ class PeftClipModule(L.LightningModule):
             checkpoint's.
         share_text_prefix: Encode the prompt start all classes share once (exact, see
             docs/performance.md); ``false`` forces the plain text path, for debugging.
+        text_grad_chunk_size: Classes per activation-checkpointed text-encoder call while
+            training adapter-built prompts (docs/performance.md#many-classes): bounded memory
+            for large class sets, one extra text forward per step, same gradients; ``null``:
+            all classes in one call.
         frozen_backbone: An already loaded frozen CLIP to build on instead of loading
             ``backbone`` again (Python only; e.g. a protocol's zero-shot baseline shares the
             trained module's backbone). ``backbone`` then only names it.
@@ -155,6 +159,7 @@ class PeftClipModule(L.LightningModule):
         precision_profile: PrecisionProfile = "modern",
         logit_scale: float | None = None,
         share_text_prefix: bool = True,
+        text_grad_chunk_size: int | None = None,
         *,
         frozen_backbone: FrozenClip | None = None,
     ) -> None:
@@ -197,6 +202,7 @@ class PeftClipModule(L.LightningModule):
             text_cache=TextFeatureCache(text_cache_dir),
             logit_scale=logit_scale,
             share_text_prefix=share_text_prefix,
+            text_grad_chunk_size=text_grad_chunk_size,
         )
         apply_precision_profile(
             self.classifier.backbone, self.classifier.adapters, precision_profile
