@@ -23,7 +23,7 @@ TARGETS = {
 }
 TINY = ["--model.backbone.model_name", "peftclip-tiny-vit", "--model.backbone.pretrained", "null",
         "--trainer.precision", "32-true", "--data.num_workers", "0", "--data.shots", "1",
-        "--data.eval_batch_size", "1", "--trainer.limit_val_batches", "1",
+        "--data.eval_batch_size", "50", "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"]  # fmt: skip
 
 
