@@ -175,7 +175,12 @@ def _log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("lightning.pytorch", "lightning.fabric", "peftclip"):
         logging.getLogger(name).addHandler(handler)
-    # peftclip's INFO messages (image-feature cache hits and misses) belong in the run's log.
+    # peftclip's INFO messages (image-feature cache hits and misses) belong in the run's log,
+    # not on the console: the root logger's console handler (which the first warning on the
+    # root logger would create with no level, e.g. open_clip's) keeps to warnings.
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    logging.basicConfig(handlers=[console])  # no-op where root has handlers already
     logging.getLogger("peftclip").setLevel(logging.INFO)
 
 
