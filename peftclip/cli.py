@@ -141,7 +141,7 @@ def list_command(kind: Literal["adapters", "datasets", "models"]) -> int:
         kind: adapters (model.adapters), datasets (data.dataset) or models, the open_clip
             configs (model.backbone.model_name).
     """
-    from peftclip.builtins import registered_names
+    from peftclip.names_index import registered_names
 
     print("\n".join(registered_names(kind)) or f"(no {kind} registered yet)")
     return 0

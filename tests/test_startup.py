@@ -49,7 +49,7 @@ def test_help_imports_no_heavy_package(tmp_path):
 def _live_names(kind: str) -> list[str]:
     """What the registries hold in a fresh process (this one holds the tests' toy entries)."""
     probe = (
-        "import json; from peftclip.builtins import _list_live; "
+        "import json; from peftclip.names_index import _list_live; "
         f"print(json.dumps(_list_live({kind!r})))"
     )
     env = {
@@ -71,11 +71,11 @@ def test_list_answers_from_the_names_index_without_torch(tmp_path, kind):
 
 
 def test_a_stale_or_torn_index_is_rebuilt(tmp_path, monkeypatch):
-    from peftclip import builtins
+    from peftclip import names_index
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    index = builtins.names_index_dir()
-    current = index / f"{builtins._sources_fingerprint()}.json"
+    index = names_index.names_index_dir()
+    current = index / f"{names_index._sources_fingerprint()}.json"
     index.mkdir(parents=True)
     (index / f"{'0' * 32}.json").write_text('{"adapters": ["stale"]}')
     current.write_text('{"adapters": ["torn"')
