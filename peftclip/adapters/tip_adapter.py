@@ -226,7 +226,8 @@ class TipAdapter(Adapter):
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the cache keys are fine-tuned (NK·d trainable numbers), starting from the
     training-free cache; trained with the initial (α, β), then (α, β) searched on the selection
-    split with the last keys (docs/methods/tip_adapter.md).
+    split with the last keys (docs/methods/tip_adapter.md). The other arguments are
+    :class:`TipAdapter`'s (the anchor's ImageNet init is α = 1.17, β = 1).
 
     Args:
         tip_f_select: ``last`` (default): the last epoch's keys. ``max_test`` (needs
@@ -235,7 +236,6 @@ class TipAdapterF(TipAdapter):
             model is whichever of (best keys, initial α, β) and (best keys, searched α, β)
             scores higher on test, i.e. the anchor's max(best epoch, searched) test accuracy.
             The record's ``selection_rule`` is then ``best_test``.
-        others: As :class:`TipAdapter` (the anchor's ImageNet init α = 1.17, β = 1).
     """
 
     trained_keys = True
