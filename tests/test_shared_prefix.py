@@ -79,7 +79,9 @@ def test_shared_prefix_equals_the_plain_path_forward_and_gradients(
     assert "adapters.0.ctx" in plain_grads
     assert ("adapters.0.deep_text.0" in plain_grads) == hasattr(classifier.adapters[0], "deep_text")
     for name, grad in plain_grads.items():
-        assert _relative(shared_grads[name], grad) <= 1e-6, name
+        # Each fp32 path is itself up to ~1e-6 from the float64 gradients (sums over classes in
+        # another order, packed rows in other matmul shapes); float64 below shows the rest is 0.
+        assert _relative(shared_grads[name], grad) <= 2e-6, name
 
 
 @pytest.mark.parametrize("case", ["coop", "cocoop", "maple"])

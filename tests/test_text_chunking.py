@@ -74,9 +74,10 @@ def test_chunked_training_step_equals_the_unchunked_one(tiny_backbone, method, s
     assert "adapters.0.ctx" in whole_grads
     for name, grad in whole_grads.items():
         assert grad.abs().sum() > 0, name
-        # fp32 sums of 37 classes' contributions in another order: MaPLe's context, which
-        # collects them from both towers, reaches 1.5e-6; float64 below shows it is rounding.
-        assert _relative(chunked_grads[name], grad) <= 2e-6, name
+        # fp32 sums of 37 classes' contributions in another order (and packed tail rows in
+        # other matmul shapes): CoCoOp's Meta-Net, which collects them from every class of every
+        # image, reaches 2.2e-6; float64 below shows it is rounding.
+        assert _relative(chunked_grads[name], grad) <= 3e-6, name
 
 
 @pytest.mark.parametrize("method", ["cocoop", "maple"])

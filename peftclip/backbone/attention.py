@@ -63,13 +63,13 @@ class SplitAttention(nn.Module):
     ) -> tuple[torch.Tensor, None]:
         if need_weights:
             raise ValueError("SplitAttention does not return attention weights")
-        keys, values = self._heads(self.k(key)), self._heads(self.v(value))
+        keys, values = self.split_heads(self.k(key)), self.split_heads(self.v(value))
         return self.attend(query, keys, values, attn_mask), None
 
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``x`` ``(batch, length, width)``, split into heads
         ``(batch, heads, length, head_width)``."""
-        return self._heads(self.k(x)), self._heads(self.v(x))
+        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
 
     def attend(
         self,
@@ -81,16 +81,29 @@ class SplitAttention(nn.Module):
         """Attention of ``query`` ``(batch, length, width)`` over projected keys and values
         (:meth:`keys_values` layout); shared-prefix text encoding passes keys it computed once.
         """
-        batch, length, width = query.shape
-        q = self._heads(self.q(query))
+        return self.o(self.mix(self.split_heads(self.q(query)), keys, values, attn_mask))
+
+    def mix(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The attention-weighted values ``(batch, length, width)`` of projected ``queries``
+        (:meth:`split_heads` layout), before the output projection ``o``.
+
+        Shared-prefix text encoding projects its packed rows itself and calls this on them.
+        """
+        batch, _, length, head_width = queries.shape
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             # Under autocast q is low precision while open_clip hands over an fp32 mask.
-            attn_mask = attn_mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(batch, length, width)
-        return self.o(out)
+            attn_mask = attn_mask.to(queries.dtype)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attn_mask)
+        return out.transpose(1, 2).reshape(batch, length, self.heads * head_width)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, length, width)`` → ``(batch, heads, length, head_width)`` (a view)."""
         batch, length, width = x.shape
         return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
 

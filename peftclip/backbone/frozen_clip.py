@@ -198,11 +198,17 @@ class FrozenClip(nn.Module):
         return self.pool_text(x, pool_index)
 
     def pool_text(self, hidden: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
-        """Text features from the last block's states ``(n, L, width)``: ``ln_final``, the
-        state at ``pool_index`` ``(n,)``, the text projection."""
+        """Text features from the last block's states ``(n, L, width)``: the state at
+        ``pool_index`` ``(n,)``, then :meth:`project_text`."""
+        return self.project_text(
+            hidden[torch.arange(hidden.shape[0], device=hidden.device), pool_index]
+        )
+
+    def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Text features from the pooled states ``(n, width)``: ``ln_final`` (per token, so it
+        may follow the pooling), the text projection."""
         model = self.model
-        x = model.ln_final(hidden)
-        x = x[torch.arange(x.shape[0], device=x.device), pool_index]
+        x = model.ln_final(pooled)
         projection = model.text_projection
         if isinstance(projection, nn.Linear):
             return projection(x)

@@ -94,41 +94,115 @@ def encode_text_shared_prefix(
     x = embeddings[:, :, :length].to(model.transformer.get_cast_dtype())
     x = x + model.positional_embedding[:length].to(x.dtype)
     prefix = x[:, 0, :prefix_length]  # (groups, P, width)
-    tails = x[:, :, prefix_length:].flatten(0, 1)  # (groups · classes, T, width)
+    tails = _PackedTails((pool_index - prefix_length).repeat(groups), length - prefix_length)
+    rows = tails.pack(x[:, :, prefix_length:].flatten(0, 1))
     mask = model.attn_mask[:length, :length]
-    for index, block in enumerate(model.transformer.resblocks):
+    blocks = model.transformer.resblocks
+    for index, block in enumerate(blocks):
         prompt = _layer_prompt(deep_prompts, index)
         if prompt is not None:
             prefix = _replace_tokens(prefix, prompt, start=1)
-        prefix, tails = _shared_block(block, prefix, tails, mask, classes)
-    features = backbone.pool_text(tails, (pool_index - prefix_length).repeat(groups))
-    return features.view(groups, classes, -1)
+        if index == len(blocks) - 1:
+            rows = _last_block(block, prefix, rows, tails, classes)
+        else:
+            prefix, rows = _shared_block(block, prefix, rows, tails, mask, classes)
+    return backbone.project_text(rows).view(groups, classes, -1)
+
+
+class _PackedTails:
+    """The class tails' rows without the positions after each tail's pooled token.
+
+    Tails differ in length (class names of 1 to ~10 tokens) and the padded layout repeats the
+    per-token work (projections, MLP) on every position up to the longest tail: about half of
+    it for ImageNet's names. Causally, no kept row attends to a dropped one, so the per-token
+    layers run on the packed rows and only attention sees the padded layout (with zero rows
+    where nothing was kept, which no kept query can see).
+
+    Args:
+        pool_index: ``(tails,)`` pooled position of each tail, counted from the tail's start.
+        length: ``T``, the padded tail length.
+    """
+
+    def __init__(self, pool_index: torch.Tensor, length: int) -> None:
+        kept = torch.arange(length, device=pool_index.device) <= pool_index.unsqueeze(1)
+        self.shape = kept.shape
+        self.kept = kept.flatten().nonzero().squeeze(1)  # positions in the padded layout
+        self.pooled = kept.sum(1).cumsum(0) - 1  # each tail's pooled row among the packed
+        self.pool_index = pool_index
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """``(tails, T, width)`` → ``(kept rows, width)``."""
+        return padded.flatten(0, 1).index_select(0, self.kept)
+
+    def unpack(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(kept rows, width)`` → ``(tails, T, width)``, zeros after each pooled token."""
+        padded = rows.new_zeros(self.shape.numel(), rows.shape[-1])
+        return padded.index_copy(0, self.kept, rows).view(*self.shape, -1)
+
+
+def _prefix_keys_values(attention, normed_prefix, classes: int):
+    """The prefix's keys and values, and one view of them per tail of the group (no copy until
+    the tails' keys are appended)."""
+    keys, values = attention.keys_values(normed_prefix)  # (groups, heads, P, head_width)
+
+    def per_tail(projected: torch.Tensor) -> torch.Tensor:
+        return projected.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)
+
+    return keys, values, per_tail(keys), per_tail(values)
+
+
+def _tail_keys_values(attention, normed_rows, tails: _PackedTails, prefix_keys, prefix_values):
+    """Every tail's keys and values: the prefix's, then its own (padded layout)."""
+    keys = attention.split_heads(tails.unpack(attention.k(normed_rows)))
+    values = attention.split_heads(tails.unpack(attention.v(normed_rows)))
+    return torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2)
 
 
 def _shared_block(
     block: ResidualAttentionBlock,
     prefix: torch.Tensor,
-    tails: torch.Tensor,
+    rows: torch.Tensor,
+    tails: _PackedTails,
     mask: torch.Tensor,
     classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ``ResidualAttentionBlock`` on the prefixes and on the tails attending to them."""
+    """One ``ResidualAttentionBlock`` on the prefixes and on the packed tail rows attending to
+    them."""
     attention = block.attn
     size = prefix.shape[1]
-    normed_prefix, normed_tails = block.ln_1(prefix), block.ln_1(tails)
-    prefix_keys, prefix_values = attention.keys_values(normed_prefix)
-    tail_keys, tail_values = attention.keys_values(normed_tails)
-
-    def per_tail(projected: torch.Tensor) -> torch.Tensor:
-        # (groups, heads, P, head_width) → one view per tail of the group; no copy until the cat.
-        return projected.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)
-
-    keys = torch.cat([per_tail(prefix_keys), tail_keys], dim=2)
-    values = torch.cat([per_tail(prefix_values), tail_values], dim=2)
+    normed_prefix, normed_rows = block.ln_1(prefix), block.ln_1(rows)
+    prefix_keys, prefix_values, keys, values = _prefix_keys_values(
+        attention, normed_prefix, classes
+    )
+    keys, values = _tail_keys_values(attention, normed_rows, tails, keys, values)
     prefix_out = attention.attend(normed_prefix, prefix_keys, prefix_values, mask[:size, :size])
     # Tail rows of the causal mask: every prefix column is visible, tail columns causally.
-    tails_out = attention.attend(normed_tails, keys, values, mask[size:, :])
-    return _residual(block, prefix, prefix_out), _residual(block, tails, tails_out)
+    queries = attention.split_heads(tails.unpack(attention.q(normed_rows)))
+    mixed = tails.pack(attention.mix(queries, keys, values, mask[size:, :]))
+    return _residual(block, prefix, prefix_out), _residual(block, rows, attention.o(mixed))
+
+
+def _last_block(
+    block: ResidualAttentionBlock,
+    prefix: torch.Tensor,
+    rows: torch.Tensor,
+    tails: _PackedTails,
+    classes: int,
+) -> torch.Tensor:
+    """The last block, for the pooled rows only ``(tails, width)``: nothing reads its other
+    outputs, so the others give keys and values but no queries, output projection or MLP."""
+    attention = block.attn
+    size = prefix.shape[1]
+    normed_rows = block.ln_1(rows)
+    _, _, keys, values = _prefix_keys_values(attention, block.ln_1(prefix), classes)
+    keys, values = _tail_keys_values(attention, normed_rows, tails, keys, values)
+    pooled = rows.index_select(0, tails.pooled)
+    queries = attention.split_heads(attention.q(normed_rows.index_select(0, tails.pooled))[:, None])
+    # The pooled query at tail position p sees the prefix and tail positions ≤ p.
+    columns = torch.arange(size + tails.shape[1], device=rows.device)
+    visible = (columns <= size + tails.pool_index.unsqueeze(1))[:, None, None]
+    mixed = attention.mix(queries, keys, values, visible)[:, 0]
+    return _residual(block, pooled, attention.o(mixed))
 
 
 def _residual(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor):
