@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from peftclip.atomic_files import atomic_path
 from peftclip.data.images import LabeledImageFiles, LabeledImageTensors
+from peftclip.distributed import rank_zero_first
 from peftclip.errors import PeftClipError
 
 FORMAT_VERSION = 1
@@ -216,14 +217,8 @@ class ImageFeatureCache:
         back in the computed dtype), so a cold run and a warm run see the same bits. Under DDP
         with a cache folder, rank 0 is the one writer: the other ranks wait for it, then read.
         """
-        shared = self.directory is not None and _world_size() > 1
-        if shared and torch.distributed.get_rank() != 0:
-            torch.distributed.barrier()  # DDP: rank 0 reads or computes and writes the table
-        try:
+        with rank_zero_first(self.directory is not None):
             return self._features(description, compute)
-        finally:
-            if shared and torch.distributed.get_rank() == 0:
-                torch.distributed.barrier()  # the table is on disk: the other ranks read it
 
     def _features(self, description: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         key = self.key(description)
@@ -319,12 +314,6 @@ def disk_entries(directory: Path) -> list[CacheEntry]:
             description = {}
         entries.append(CacheEntry(path, stat.st_size, stat.st_mtime, description))
     return sorted(entries, key=lambda entry: entry.last_used)
-
-
-def _world_size() -> int:
-    """Processes of the current ``torch.distributed`` group (1 outside DDP)."""
-    distributed = torch.distributed
-    return distributed.get_world_size() if distributed.is_initialized() else 1
 
 
 def _name(table: torch.Tensor) -> str:

@@ -11,8 +11,21 @@ TINY = "peftclip-tiny-vit"
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone():
-    return load_backbone(TINY, init_seed=0)
+def _tiny_backbone_and_state():
+    backbone = load_backbone(TINY, init_seed=0)
+    return backbone, {name: tensor.clone() for name, tensor in backbone.state_dict().items()}
+
+
+@pytest.fixture
+def tiny_backbone(_tiny_backbone_and_state):
+    """One frozen tiny CLIP for the session. Tests that attach weight-space adapters (which
+    wrap the backbone's layers in place) take a copy: after each test it must be unchanged."""
+    backbone, state = _tiny_backbone_and_state
+    yield backbone
+    after = backbone.state_dict()
+    assert after.keys() == state.keys(), "a test changed the shared tiny_backbone's modules"
+    changed = [name for name, tensor in state.items() if not torch.equal(after[name], tensor)]
+    assert not changed, f"a test changed the shared tiny_backbone's weights: {changed[:3]}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -96,3 +96,29 @@ def test_under_ddp_rank_zero_writes_the_image_feature_table_and_the_others_read_
     tables = [torch.load(tmp_path / f"table-{rank}.pt") for rank in (0, 1)]
     assert torch.equal(tables[0], tables[1])
     assert torch.equal(tables[0], torch.arange(6.0).reshape(2, 3) + 0.25)
+
+
+def _text_cache_worker(rank: int, directory: str, init_file: str) -> None:
+    from peftclip.backbone import TextFeatureCache
+
+    torch.distributed.init_process_group("gloo", f"file://{init_file}", rank=rank, world_size=2)
+
+    def compute() -> torch.Tensor:
+        (Path(directory) / f"computed-by-{rank}").touch()
+        return torch.full((3, 4), 0.5)
+
+    cache = TextFeatureCache(directory)
+    head = cache.features("key", compute)
+    again = cache.features("key", compute)  # a memory hit: no barrier, nothing computed
+    assert again is head
+    torch.save(head, Path(directory) / f"head-{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_under_ddp_rank_zero_writes_the_text_head_and_the_others_read_it(tmp_path):
+    torch.multiprocessing.spawn(
+        _text_cache_worker, args=(str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True
+    )
+    assert sorted(p.name for p in tmp_path.glob("computed-by-*")) == ["computed-by-0"]
+    heads = [torch.load(tmp_path / f"head-{rank}.pt") for rank in (0, 1)]
+    assert torch.equal(heads[0], heads[1]) and torch.equal(heads[0], torch.full((3, 4), 0.5))

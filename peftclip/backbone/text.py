@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peftclip.atomic_files import atomic_path
 from peftclip.backbone import shared_prefix
 from peftclip.backbone.frozen_clip import FrozenClip
+from peftclip.distributed import rank_zero_first
 from peftclip.errors import PeftClipError
 
 
@@ -78,6 +79,22 @@ class TextFeatureCache:
             with atomic_path(self.directory / f"{key}.pt") as partial:
                 torch.save(features.cpu(), partial)
 
+    def features(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The features of ``key``: from memory, from disk, or ``compute()``d and stored.
+
+        Under DDP with a cache folder, rank 0 is the one writer: on a memory miss the other
+        ranks wait for it, then read its file. The ranks ask for the same heads in the same
+        order (DDP runs the same program), so their memory misses coincide.
+        """
+        if key in self._memory:
+            return self._memory[key]
+        with rank_zero_first(self.directory is not None):
+            features = self.get(key)
+            if features is None:
+                features = compute()
+                self.put(key, features)
+        return features
+
 
 def template_head(
     backbone: FrozenClip,
@@ -123,10 +140,11 @@ def zero_shot_head(
 ) -> torch.Tensor:
     """:func:`template_head` of the frozen CLIP, cached by (backbone, templates, class names)."""
     templates = _checked_templates(templates)
-    key = TextFeatureCache.key(backbone, templates, classnames) if cache is not None else None
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit.to(backbone.model.logit_scale.device)
-    head = template_head(backbone, classnames, templates, chunk_size, share_prefix)
-    if cache is not None:
-        cache.put(key, head)
-    return head
+
+    def compute() -> torch.Tensor:
+        return template_head(backbone, classnames, templates, chunk_size, share_prefix)
+
+    if cache is None:
+        return compute()
+    key = TextFeatureCache.key(backbone, templates, classnames)
+    return cache.features(key, compute).to(backbone.model.logit_scale.device)
