@@ -168,3 +168,30 @@ def test_template_heads_share_the_template_words_and_equal_the_plain_path(
         plain = template_head(tiny_backbone, CLASSES, templates, share_prefix=False)
     assert prefixes == [5, 2]  # [SOS] a photo of a | [SOS] the
     assert _relative(shared, plain) <= 1e-6
+
+
+@pytest.mark.parametrize("case", ["coop", "cocoop", "maple"])
+def test_with_one_attention_bucket_per_tail_length_the_paths_still_agree(
+    tiny_backbone, monkeypatch, case
+):
+    # The names above have tails of 3 to 7 tokens; free calls give every length its bucket.
+    monkeypatch.setattr(shared_prefix, "_CALL_COST", 0)
+    pool_index = tiny_backbone.pool_index(tiny_backbone.tokenize(CLASSES))
+    assert len(shared_prefix._PackedTails(pool_index - 1, 2, 1).buckets) == 4
+    classifier = PeftClipClassifier(tiny_backbone, [_adapter(case)]).train()
+    shared, shared_grads = _encode(classifier, CLASSES, share=True)
+    plain, plain_grads = _encode(classifier, CLASSES, share=False)
+    assert _relative(shared, plain) <= 1e-6
+    for name, grad in plain_grads.items():
+        assert _relative(shared_grads[name], grad) <= 2e-6, name
+
+
+def test_attention_buckets_trade_padding_against_calls(monkeypatch):
+    lengths = [2, 2, 3, 9]  # sorted tail lengths, 17 prefix positions
+    monkeypatch.setattr(shared_prefix, "_CALL_COST", 0)
+    assert shared_prefix._bucket_ends(lengths, 17) == [2, 3, 4]
+    monkeypatch.setattr(shared_prefix, "_CALL_COST", 10**6)
+    assert shared_prefix._bucket_ends(lengths, 17) == [4]
+    # Buckets {2,2}{3}{9}: 370 + 3c; {2,2,3}{9}: 414 + 2c; {2,2,3,9}: 936 + c (c: call cost).
+    monkeypatch.setattr(shared_prefix, "_CALL_COST", 200)
+    assert shared_prefix._bucket_ends(lengths, 17) == [3, 4]

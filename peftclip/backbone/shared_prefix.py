@@ -94,7 +94,7 @@ def encode_text_shared_prefix(
     x = embeddings[:, :, :length].to(model.transformer.get_cast_dtype())
     x = x + model.positional_embedding[:length].to(x.dtype)
     prefix = x[:, 0, :prefix_length]  # (groups, P, width)
-    tails = _PackedTails((pool_index - prefix_length).repeat(groups), length - prefix_length)
+    tails = _PackedTails(pool_index - prefix_length, groups, prefix_length)
     rows = tails.pack(x[:, :, prefix_length:].flatten(0, 1))
     mask = model.attn_mask[:length, :length]
     blocks = model.transformer.resblocks
@@ -103,59 +103,127 @@ def encode_text_shared_prefix(
         if prompt is not None:
             prefix = _replace_tokens(prefix, prompt, start=1)
         if index == len(blocks) - 1:
-            rows = _last_block(block, prefix, rows, tails, classes)
+            rows = _last_block(block, prefix, rows, tails)
         else:
-            prefix, rows = _shared_block(block, prefix, rows, tails, mask, classes)
+            prefix, rows = _shared_block(block, prefix, rows, tails, mask)
     return backbone.project_text(rows).view(groups, classes, -1)
+
+
+#: Cost of one more attention call, in units of (tail positions × key positions): a bucket of
+#: tails pays its padded attention and this. Chosen on 2 CPU threads with ViT-B/16's text tower
+#: (docs/performance.md): 4 buckets at 1000 ImageNet classes, 2 at 100.
+_CALL_COST = 8000
 
 
 class _PackedTails:
     """The class tails' rows without the positions after each tail's pooled token.
 
-    Tails differ in length (class names of 1 to ~10 tokens) and the padded layout repeats the
-    per-token work (projections, MLP) on every position up to the longest tail: about half of
-    it for ImageNet's names. Causally, no kept row attends to a dropped one, so the per-token
-    layers run on the packed rows and only attention sees the padded layout (with zero rows
-    where nothing was kept, which no kept query can see).
+    Tails differ in length (ImageNet's names give tails of 2 to 13 tokens, 4 on average), and a
+    padded layout repeats the per-token work (projections, MLP) on every position up to the
+    longest tail. Causally, no kept row attends to a dropped one, so the per-token layers run on
+    the packed rows and only attention sees a padded layout (with zero rows where nothing was
+    kept, which no kept query can see). Attention runs per *bucket* of tails of similar length,
+    each padded to its own longest tail: the buckets are chosen to minimise the padded attention
+    work plus a cost per call (:data:`_CALL_COST`). Rows are packed bucket by bucket.
 
     Args:
-        pool_index: ``(tails,)`` pooled position of each tail, counted from the tail's start.
-        length: ``T``, the padded tail length.
+        pool_index: ``(classes,)`` pooled position of each class's tail, from the tail's start.
+        groups: Prompt groups (images for CoCoOp); tail ``g · classes + c`` is class ``c`` of
+            group ``g``.
+        prefix_length: ``P``, the shared positions every tail also attends to.
     """
 
-    def __init__(self, pool_index: torch.Tensor, length: int) -> None:
-        kept = torch.arange(length, device=pool_index.device) <= pool_index.unsqueeze(1)
-        self.shape = kept.shape
-        self.kept = kept.flatten().nonzero().squeeze(1)  # positions in the padded layout
-        self.pooled = kept.sum(1).cumsum(0) - 1  # each tail's pooled row among the packed
-        self.pool_index = pool_index
+    def __init__(self, pool_index: torch.Tensor, groups: int, prefix_length: int) -> None:
+        classes, device = len(pool_index), pool_index.device
+        lengths = pool_index + 1
+        order = torch.argsort(lengths, stable=True)
+        ends = _bucket_ends(lengths[order].tolist(), prefix_length)
+        self.buckets: list[_Bucket] = []
+        kept, pooled, row = [], [], 0
+        for start, end in zip([0, *ends[:-1]], ends, strict=True):
+            # The bucket's classes in every group (tails of one class have one length).
+            members = order[start:end]
+            tails = (torch.arange(groups, device=device)[:, None] * classes + members).flatten()
+            bucket = _Bucket(tails, pool_index[members].repeat(groups), row, classes)
+            kept.append(tails[:, None] * int(lengths.max()) + bucket.positions())
+            pooled.append(row + bucket.pooled)
+            row += bucket.rows
+            self.buckets.append(bucket)
+        self.length = int(lengths.max())  # the padded input's tail length
+        self.kept = torch.cat(
+            [k.flatten()[b.kept] for k, b in zip(kept, self.buckets, strict=True)]
+        )
+        self.pooled = torch.cat(pooled)  # each tail's pooled row, bucket by bucket
+        order_of_tails = torch.cat([bucket.tails for bucket in self.buckets])
+        self.tail_order = torch.argsort(order_of_tails)  # bucket-by-bucket tails → tail order
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
-        """``(tails, T, width)`` → ``(kept rows, width)``."""
+        """``(tails, T, width)`` → ``(kept rows, width)``, bucket by bucket."""
         return padded.flatten(0, 1).index_select(0, self.kept)
 
+
+class _Bucket:
+    """Tails of similar length whose attention runs as one call, padded to the longest."""
+
+    def __init__(self, tails: torch.Tensor, pool_index: torch.Tensor, first_row: int, classes: int):
+        self.tails, self.pool_index = tails, pool_index
+        self.group = torch.div(tails, classes, rounding_mode="floor")
+        self.length = int(pool_index.max()) + 1
+        kept = torch.arange(self.length, device=tails.device) <= pool_index[:, None]
+        self.shape = kept.shape
+        self.kept = kept.flatten().nonzero().squeeze(1)  # positions in the bucket's layout
+        self.rows = len(self.kept)
+        self.span = slice(first_row, first_row + self.rows)  # its rows among the packed
+        self.pooled = kept.sum(1).cumsum(0) - 1  # each tail's pooled row among the bucket's
+
+    def positions(self) -> torch.Tensor:
+        return torch.arange(self.length, device=self.tails.device).expand(len(self.tails), -1)
+
     def unpack(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(kept rows, width)`` → ``(tails, T, width)``, zeros after each pooled token."""
+        """The bucket's ``(rows, width)`` → ``(tails, T_b, width)``, zeros after each pooled
+        token."""
         padded = rows.new_zeros(self.shape.numel(), rows.shape[-1])
         return padded.index_copy(0, self.kept, rows).view(*self.shape, -1)
 
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        return padded.flatten(0, 1).index_select(0, self.kept)
 
-def _prefix_keys_values(attention, normed_prefix, classes: int):
-    """The prefix's keys and values, and one view of them per tail of the group (no copy until
-    the tails' keys are appended)."""
-    keys, values = attention.keys_values(normed_prefix)  # (groups, heads, P, head_width)
+    def keys_values(self, attention, prefix_keys, prefix_values, keys, values):
+        """Each tail's keys and values ``(tails, heads, P + T_b, head_width)``: its group's
+        prefix, then its own (``keys``, ``values``: the projected packed rows of all buckets).
+        """
 
-    def per_tail(projected: torch.Tensor) -> torch.Tensor:
-        return projected.unsqueeze(1).expand(-1, classes, -1, -1, -1).flatten(0, 1)
+        def per_tail(projected: torch.Tensor) -> torch.Tensor:
+            if len(projected) == 1:  # one group: views until the cat copies them
+                return projected.expand(len(self.tails), -1, -1, -1)
+            return projected.index_select(0, self.group)
 
-    return keys, values, per_tail(keys), per_tail(values)
+        own_keys = attention.split_heads(self.unpack(keys[self.span]))
+        own_values = attention.split_heads(self.unpack(values[self.span]))
+        return (
+            torch.cat([per_tail(prefix_keys), own_keys], dim=2),
+            torch.cat([per_tail(prefix_values), own_values], dim=2),
+        )
 
 
-def _tail_keys_values(attention, normed_rows, tails: _PackedTails, prefix_keys, prefix_values):
-    """Every tail's keys and values: the prefix's, then its own (padded layout)."""
-    keys = attention.split_heads(tails.unpack(attention.k(normed_rows)))
-    values = attention.split_heads(tails.unpack(attention.v(normed_rows)))
-    return torch.cat([prefix_keys, keys], dim=2), torch.cat([prefix_values, values], dim=2)
+def _bucket_ends(lengths: list[int], prefix_length: int) -> list[int]:
+    """End indices of the buckets of the sorted tail ``lengths`` that minimise the attention
+    work ``Σ n_b · T_b · (P + T_b)`` plus :data:`_CALL_COST` per bucket (exact dynamic
+    programming over the distinct lengths)."""
+    ends = [
+        i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] != lengths[i]
+    ]
+    best = {0: (0.0, [])}  # cost and bucket ends of the first `end` tails
+    for end in ends:
+        longest = lengths[end - 1]
+        best[end] = min(
+            (
+                cost + (end - start) * longest * (prefix_length + longest) + _CALL_COST,
+                [*chosen, end],
+            )
+            for start, (cost, chosen) in best.items()
+        )
+    return best[len(lengths)][1]
 
 
 def _shared_block(
@@ -164,22 +232,30 @@ def _shared_block(
     rows: torch.Tensor,
     tails: _PackedTails,
     mask: torch.Tensor,
-    classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ``ResidualAttentionBlock`` on the prefixes and on the packed tail rows attending to
     them."""
     attention = block.attn
     size = prefix.shape[1]
     normed_prefix, normed_rows = block.ln_1(prefix), block.ln_1(rows)
-    prefix_keys, prefix_values, keys, values = _prefix_keys_values(
-        attention, normed_prefix, classes
-    )
-    keys, values = _tail_keys_values(attention, normed_rows, tails, keys, values)
+    prefix_keys, prefix_values = attention.keys_values(normed_prefix)
     prefix_out = attention.attend(normed_prefix, prefix_keys, prefix_values, mask[:size, :size])
-    # Tail rows of the causal mask: every prefix column is visible, tail columns causally.
-    queries = attention.split_heads(tails.unpack(attention.q(normed_rows)))
-    mixed = tails.pack(attention.mix(queries, keys, values, mask[size:, :]))
-    return _residual(block, prefix, prefix_out), _residual(block, rows, attention.o(mixed))
+    queries, keys, values = (
+        project(normed_rows) for project in (attention.q, attention.k, attention.v)
+    )
+    mixed = []
+    for bucket in tails.buckets:
+        # Tail rows of the causal mask: every prefix column is visible, tail columns causally.
+        bucket_mask = mask[size : size + bucket.length, : size + bucket.length]
+        bucket_queries = attention.split_heads(bucket.unpack(queries[bucket.span]))
+        bucket_keys, bucket_values = bucket.keys_values(
+            attention, prefix_keys, prefix_values, keys, values
+        )
+        mixed.append(
+            bucket.pack(attention.mix(bucket_queries, bucket_keys, bucket_values, bucket_mask))
+        )
+    attended = attention.o(torch.cat(mixed))
+    return _residual(block, prefix, prefix_out), _residual(block, rows, attended)
 
 
 def _last_block(
@@ -187,22 +263,31 @@ def _last_block(
     prefix: torch.Tensor,
     rows: torch.Tensor,
     tails: _PackedTails,
-    classes: int,
 ) -> torch.Tensor:
-    """The last block, for the pooled rows only ``(tails, width)``: nothing reads its other
-    outputs, so the others give keys and values but no queries, output projection or MLP."""
+    """The last block, for the pooled rows only ``(tails, width)`` in tail order: nothing reads
+    its other outputs, so the others give keys and values but no queries, output projection or
+    MLP."""
     attention = block.attn
     size = prefix.shape[1]
     normed_rows = block.ln_1(rows)
-    _, _, keys, values = _prefix_keys_values(attention, block.ln_1(prefix), classes)
-    keys, values = _tail_keys_values(attention, normed_rows, tails, keys, values)
+    prefix_keys, prefix_values = attention.keys_values(block.ln_1(prefix))
+    keys, values = attention.k(normed_rows), attention.v(normed_rows)
     pooled = rows.index_select(0, tails.pooled)
-    queries = attention.split_heads(attention.q(normed_rows.index_select(0, tails.pooled))[:, None])
-    # The pooled query at tail position p sees the prefix and tail positions ≤ p.
-    columns = torch.arange(size + tails.shape[1], device=rows.device)
-    visible = (columns <= size + tails.pool_index.unsqueeze(1))[:, None, None]
-    mixed = attention.mix(queries, keys, values, visible)[:, 0]
-    return _residual(block, pooled, attention.o(mixed))
+    queries = attention.q(normed_rows.index_select(0, tails.pooled))
+    mixed, first = [], 0
+    for bucket in tails.buckets:
+        count = len(bucket.tails)
+        bucket_queries = attention.split_heads(queries[first : first + count, None])
+        first += count
+        bucket_keys, bucket_values = bucket.keys_values(
+            attention, prefix_keys, prefix_values, keys, values
+        )
+        # The pooled query at tail position p sees the prefix and tail positions ≤ p.
+        columns = torch.arange(size + bucket.length, device=rows.device)
+        visible = (columns <= size + bucket.pool_index[:, None])[:, None, None]
+        mixed.append(attention.mix(bucket_queries, bucket_keys, bucket_values, visible)[:, 0])
+    out = _residual(block, pooled, attention.o(torch.cat(mixed)))
+    return out.index_select(0, tails.tail_order)
 
 
 def _residual(block: ResidualAttentionBlock, x: torch.Tensor, attended: torch.Tensor):
