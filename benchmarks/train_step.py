@@ -130,19 +130,7 @@ def _upstream_gradients(classifier, classnames, images, labels):
     image_features = outputs["image_features"].detach().requires_grad_()
     text_features = outputs["text_features"].detach().requires_grad_()
     logits = classifier.backbone.logits(image_features, text_features, classifier.logit_scale)
-    context = StepContext(
-        images=images,
-        labels=labels,
-        logits=logits,
-        image_features=image_features,
-        text_features=text_features,
-        classnames=classnames,
-        frozen_head=lambda templates=None: classifier.frozen_head(classnames),
-    )
-    loss = F.cross_entropy(logits, labels)
-    for adapter in classifier.adapters:
-        extra = adapter.extra_loss(context)
-        loss = loss if extra is None else loss + extra
+    loss = _loss(classifier, classnames, images, labels, logits, image_features, text_features)
     return torch.autograd.grad(loss, [image_features, text_features])
 
 
@@ -196,9 +184,14 @@ def _training_loss(classifier, classnames, images, labels, mode, cached) -> torc
         outputs = classifier(None if mode == "cached" else images, classnames, cached)
         logits, image_features = outputs["logits"], outputs["image_features"]
         text_features = outputs["text_features"]
-    loss = F.cross_entropy(logits, labels)
+    images = None if mode == "cached" else images
+    return _loss(classifier, classnames, images, labels, logits, image_features, text_features)
+
+
+def _loss(classifier, classnames, images, labels, logits, image_features, text_features):
+    """Cross-entropy plus the adapters' extra losses (KgCoOp's knowledge term)."""
     context = StepContext(
-        images=None if mode == "cached" else images,
+        images=images,
         labels=labels,
         logits=logits,
         image_features=image_features,
@@ -206,6 +199,7 @@ def _training_loss(classifier, classnames, images, labels, mode, cached) -> torc
         classnames=classnames,
         frozen_head=lambda templates=None: classifier.frozen_head(classnames),
     )
+    loss = F.cross_entropy(logits, labels)
     for adapter in classifier.adapters:
         extra = adapter.extra_loss(context)
         loss = loss if extra is None else loss + extra

@@ -73,52 +73,36 @@ def _fit_free_initial_state() -> dict[str, torch.Tensor]:
     return {name: tensor.clone() for name, tensor in cli.model.state_dict().items()}
 
 
-def _cache_worker(rank: int, directory: str, init_file: str) -> None:
-    from peftclip.image_cache import ImageFeatureCache
-
+def _cache_worker(rank: int, cache: str, directory: str, init_file: str) -> None:
     torch.distributed.init_process_group("gloo", f"file://{init_file}", rank=rank, world_size=2)
-    description = {"backbone": {"model_name": "m"}, "dataset": "d", "split": "test", "view": 0}
 
     def compute() -> torch.Tensor:
         (Path(directory) / f"computed-by-{rank}").touch()
         return torch.arange(6.0).reshape(2, 3) + 0.25
 
-    table = ImageFeatureCache(directory).features(description, compute)
+    if cache == "image":
+        from peftclip.image_cache import ImageFeatureCache
+
+        description = {"backbone": {"model_name": "m"}, "dataset": "d", "split": "test", "view": 0}
+        images = ImageFeatureCache(directory)
+        lookup = lambda: images.features(description, compute)  # noqa: E731
+    else:  # a frozen text head (model.text_cache_dir)
+        from peftclip.backbone import TextFeatureCache
+
+        text = TextFeatureCache(directory)
+        lookup = lambda: text.features("key", compute)  # noqa: E731
+    table = lookup()
+    assert torch.equal(lookup(), table)  # a memory hit: nothing computed, no rank waits alone
     torch.save(table, Path(directory) / f"table-{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_under_ddp_rank_zero_writes_the_image_feature_table_and_the_others_read_it(tmp_path):
+@pytest.mark.parametrize("cache", ["image", "text"])
+def test_under_ddp_rank_zero_writes_a_cached_table_and_the_others_read_it(tmp_path, cache):
     torch.multiprocessing.spawn(
-        _cache_worker, args=(str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True
+        _cache_worker, args=(cache, str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True
     )
     assert sorted(p.name for p in tmp_path.glob("computed-by-*")) == ["computed-by-0"]
     tables = [torch.load(tmp_path / f"table-{rank}.pt") for rank in (0, 1)]
     assert torch.equal(tables[0], tables[1])
     assert torch.equal(tables[0], torch.arange(6.0).reshape(2, 3) + 0.25)
-
-
-def _text_cache_worker(rank: int, directory: str, init_file: str) -> None:
-    from peftclip.backbone import TextFeatureCache
-
-    torch.distributed.init_process_group("gloo", f"file://{init_file}", rank=rank, world_size=2)
-
-    def compute() -> torch.Tensor:
-        (Path(directory) / f"computed-by-{rank}").touch()
-        return torch.full((3, 4), 0.5)
-
-    cache = TextFeatureCache(directory)
-    head = cache.features("key", compute)
-    again = cache.features("key", compute)  # a memory hit: no barrier, nothing computed
-    assert again is head
-    torch.save(head, Path(directory) / f"head-{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def test_under_ddp_rank_zero_writes_the_text_head_and_the_others_read_it(tmp_path):
-    torch.multiprocessing.spawn(
-        _text_cache_worker, args=(str(tmp_path), str(tmp_path / "init")), nprocs=2, join=True
-    )
-    assert sorted(p.name for p in tmp_path.glob("computed-by-*")) == ["computed-by-0"]
-    heads = [torch.load(tmp_path / f"head-{rank}.pt") for rank in (0, 1)]
-    assert torch.equal(heads[0], heads[1]) and torch.equal(heads[0], torch.full((3, 4), 0.5))
