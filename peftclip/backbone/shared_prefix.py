@@ -139,21 +139,19 @@ class _PackedTails:
         order = torch.argsort(lengths, stable=True)
         ends = _bucket_ends(lengths[order].tolist(), prefix_length)
         self.buckets: list[_Bucket] = []
-        kept, pooled, row = [], [], 0
+        row = 0
         for start, end in zip([0, *ends[:-1]], ends, strict=True):
             # The bucket's classes in every group (tails of one class have one length).
             members = order[start:end]
             tails = (torch.arange(groups, device=device)[:, None] * classes + members).flatten()
-            bucket = _Bucket(tails, pool_index[members].repeat(groups), row, classes)
-            kept.append(tails[:, None] * int(lengths.max()) + bucket.positions())
-            pooled.append(row + bucket.pooled)
-            row += bucket.rows
-            self.buckets.append(bucket)
-        self.length = int(lengths.max())  # the padded input's tail length
+            self.buckets.append(_Bucket(tails, pool_index[members].repeat(groups), row, classes))
+            row += self.buckets[-1].rows
+        # Where each packed row sits in the padded input (tails, longest tail), bucket by bucket.
+        longest = int(lengths.max())
         self.kept = torch.cat(
-            [k.flatten()[b.kept] for k, b in zip(kept, self.buckets, strict=True)]
+            [b.tails[b.kept // b.length] * longest + b.kept % b.length for b in self.buckets]
         )
-        self.pooled = torch.cat(pooled)  # each tail's pooled row, bucket by bucket
+        self.pooled = torch.cat([b.span.start + b.pooled for b in self.buckets])
         order_of_tails = torch.cat([bucket.tails for bucket in self.buckets])
         self.tail_order = torch.argsort(order_of_tails)  # bucket-by-bucket tails → tail order
 
@@ -175,9 +173,6 @@ class _Bucket:
         self.rows = len(self.kept)
         self.span = slice(first_row, first_row + self.rows)  # its rows among the packed
         self.pooled = kept.sum(1).cumsum(0) - 1  # each tail's pooled row among the bucket's
-
-    def positions(self) -> torch.Tensor:
-        return torch.arange(self.length, device=self.tails.device).expand(len(self.tails), -1)
 
     def unpack(self, rows: torch.Tensor) -> torch.Tensor:
         """The bucket's ``(rows, width)`` → ``(tails, T_b, width)``, zeros after each pooled
